@@ -26,7 +26,12 @@ class TestThreshold(CodecContract):
 
 
 class TestEMAThreshold(CodecContract):
-    codecs = [ema_threshold(), ema_threshold(0.5, "rms", 1.5), ema_threshold(0.0, "std"), ema_threshold(0.9, "max_abs", 0.5)]
+    codecs = [
+        ema_threshold(),
+        ema_threshold(0.5, "rms", 1.5),
+        ema_threshold(0.0, "std"),
+        ema_threshold(0.9, "max_abs", 0.5),
+    ]
 
 
 @settings(max_examples=60, deadline=None)

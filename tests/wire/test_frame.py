@@ -8,7 +8,7 @@ import torch
 
 from fedpress import Layout
 from fedpress.wire import QSGD, Affine, Dense, Message, Reason, WireError, decode, encode
-from tests.wire.frames import D, LAYOUT, f32, frame
+from tests.wire.frames import LAYOUT, D, f32, frame
 
 X = torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0, -0.25])
 

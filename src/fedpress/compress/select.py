@@ -116,7 +116,8 @@ def random_k(
     by d/k so that E[C(x)] = x (variance d/k - 1); otherwise E||x - C(x)||^2 = (1 - k/d)||x||^2.
     """
     check_ratio("random_k", ratio, k)
-    name = f"random_k({ratio if k is None else f'k={k}'}{', seeded' if seeded else ''}{', unbiased' if unbiased else ''})"
+    flags = (", seeded" if seeded else "") + (", unbiased" if unbiased else "")
+    name = f"random_k({ratio if k is None else f'k={k}'}{flags})"
 
     def encode(x: torch.Tensor, layout: Layout, state, rng=None):
         check_input(x, layout, name)
