@@ -1,0 +1,53 @@
+"""Datasets in memory as tensors, read from their original files, and client partitions.
+
+    ds = load("mnist")                                   # verified files -> tensors
+    parts = partition("dirichlet", ds.y_train, 100, seed, alpha=0.5)
+    print(summary(parts, ds.y_train, ds.num_classes))
+
+Files are looked for in ``$FEDPRESS_DATA`` (cache), ``$FEDPRESS_MIRROR`` (a local
+mirror of the original files), then downloaded; each is md5-checked.
+`list_datasets`, `fetch` and `verify` back the ``fedpress datasets`` command.
+"""
+
+from fedpress.data.loaders import Dataset, load
+from fedpress.data.partition import (
+    class_counts,
+    contiguous,
+    dirichlet,
+    iid,
+    lda_equal,
+    partition,
+    plot_summary,
+    power_law,
+    shards,
+    summary,
+)
+from fedpress.data.sources import (
+    DatasetError,
+    DatasetWarning,
+    FileCheck,
+    fetch,
+    list_datasets,
+    verify,
+)
+
+__all__ = [
+    "Dataset",
+    "DatasetError",
+    "DatasetWarning",
+    "FileCheck",
+    "class_counts",
+    "contiguous",
+    "dirichlet",
+    "fetch",
+    "iid",
+    "lda_equal",
+    "list_datasets",
+    "load",
+    "partition",
+    "plot_summary",
+    "power_law",
+    "shards",
+    "summary",
+    "verify",
+]
