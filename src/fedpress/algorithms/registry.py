@@ -1,0 +1,156 @@
+"""Short names for algorithms, with their hyperparameters, defaults and allowed values.
+
+`build("topk_ef", {"ratio": 0.01, "precision": "fp16"})` returns the algorithm object; a
+key that the algorithm does not take, or a value outside what it allows, raises
+`ConfigError` naming `algorithm.<key>` and what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fedpress.algorithms.fedavg import FedAvg
+from fedpress.compress import (
+    Codec,
+    bf16,
+    chain,
+    error_feedback,
+    fp16,
+    fp32,
+    qsgd,
+    random_k,
+    threshold,
+    top_k,
+)
+from fedpress.errors import ConfigError
+
+PRECISIONS: dict[str, Callable[[], Codec]] = {"fp32": fp32, "fp16": fp16, "bf16": bf16}
+
+
+@dataclass(frozen=True)
+class Param:
+    default: Any
+    doc: str
+    choices: tuple | None = None  # allowed values, when the set is finite
+    check: Callable[[Any], bool] | None = None  # a range rule
+    rule: str = ""  # the rule in words, for the error message
+
+
+def _positive(v) -> bool:
+    return v > 0
+
+
+def _unit(v) -> bool:
+    return 0 < v <= 1
+
+
+def _nonneg(v) -> bool:
+    return v >= 0
+
+
+def _momentum(v) -> bool:
+    return 0 <= v < 1
+
+
+COMMON = {
+    "server_lr": Param(1.0, "server learning rate eta_s", check=_positive, rule="> 0"),
+    "server_momentum": Param(0.0, "server momentum beta_s (FedAvgM)", check=_momentum, rule="in [0, 1)"),
+    "prox_mu": Param(0.0, "FedProx coefficient mu", check=_nonneg, rule=">= 0"),
+    "downlink": Param("fp32", "precision of the broadcast model", choices=tuple(PRECISIONS)),
+}
+PRECISION = {"precision": Param("fp32", "precision of the values sent up", choices=tuple(PRECISIONS))}
+RATIO = {
+    "ratio": Param(0.01, "fraction of coordinates kept, k = max(1, ceil(ratio * d))", check=_unit, rule="in (0, 1]"),
+}
+
+
+def _then_precision(select: Codec, precision: str) -> Codec:
+    return select if precision == "fp32" else chain(select, PRECISIONS[precision]())
+
+
+def _fedavg(name: str, uplink: Codec, p: Mapping[str, Any]) -> FedAvg:
+    return FedAvg(uplink=uplink, downlink=PRECISIONS[p["downlink"]](), server_lr=p["server_lr"],
+                  server_momentum=p["server_momentum"], prox_mu=p["prox_mu"], name=name)
+
+
+def _topk_codec(p) -> Codec:
+    return _then_precision(top_k(p["ratio"], scope=p["scope"]), p["precision"])
+
+
+def _randk_codec(p) -> Codec:
+    return _then_precision(random_k(p["ratio"], seeded=p["seeded"], unbiased=p["unbiased"]), p["precision"])
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    doc: str
+    params: dict[str, Param]
+    build: Callable[[str, Mapping[str, Any]], Any]
+
+
+TOPK_PARAMS = {**RATIO, "scope": Param("global", "top-k over the whole vector or per tensor",
+                                       choices=("global", "tensor")), **PRECISION, **COMMON}
+RANDK_PARAMS = {**RATIO, "seeded": Param(False, "send a seed instead of the indices", choices=(False, True)),
+                "unbiased": Param(False, "scale kept values by d/k", choices=(False, True)), **PRECISION, **COMMON}
+
+REGISTRY: dict[str, AlgorithmSpec] = {
+    "fedavg": AlgorithmSpec(
+        "FedAvg: dense updates (fp32, or fp16/bf16 with precision=)", {**PRECISION, **COMMON},
+        lambda n, p: _fedavg(n, PRECISIONS[p["precision"]](), p)),
+    "topk": AlgorithmSpec("Top-k sparsification without error feedback", TOPK_PARAMS,
+                          lambda n, p: _fedavg(n, _topk_codec(p), p)),
+    "topk_ef": AlgorithmSpec("Top-k sparsification with error feedback (EF14)", TOPK_PARAMS,
+                             lambda n, p: _fedavg(n, error_feedback(_topk_codec(p)), p)),
+    "randk": AlgorithmSpec("Random-k sparsification without error feedback", RANDK_PARAMS,
+                           lambda n, p: _fedavg(n, _randk_codec(p), p)),
+    "randk_ef": AlgorithmSpec("Random-k sparsification with error feedback", RANDK_PARAMS,
+                              lambda n, p: _fedavg(n, error_feedback(_randk_codec(p)), p)),
+    "threshold": AlgorithmSpec(
+        "Static threshold: send |x_j| >= tau",
+        {"tau": Param(1e-3, "threshold tau", check=_nonneg, rule=">= 0"),
+         "error_feedback": Param(False, "keep the dropped part as a residual", choices=(False, True)),
+         **PRECISION, **COMMON},
+        lambda n, p: _fedavg(n, (error_feedback if p["error_feedback"] else (lambda c: c))(
+            _then_precision(threshold(p["tau"]), p["precision"])), p)),
+    "qsgd": AlgorithmSpec(
+        "QSGD: stochastic quantization with s levels per sign and one norm per bucket",
+        {"levels": Param(15, "levels per sign s", check=lambda v: 1 <= v <= 32767, rule="in [1, 32767]"),
+         "bucket": Param(512, "bucket size (0: one bucket for the whole vector)", check=_nonneg, rule=">= 0"),
+         "elias": Param(False, "Elias-code the symbols (QSGD paper) instead of bit-packing", choices=(False, True)),
+         **COMMON},
+        lambda n, p: _fedavg(n, qsgd(p["levels"], p["bucket"] or None, elias=p["elias"]), p)),
+}
+
+
+def list_algorithms() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def resolve_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The algorithm's full hyperparameters: defaults overridden by `params`, all checked."""
+    if name not in REGISTRY:
+        raise ConfigError(f"algorithm.name = {name!r} is not an algorithm; allowed: {', '.join(list_algorithms())}")
+    spec = REGISTRY[name].params
+    unknown = sorted(set(params) - set(spec))
+    if unknown:
+        raise ConfigError(f"algorithm.{unknown[0]} is not a hyperparameter of {name!r}; "
+                          f"allowed: {', '.join(sorted(spec))}")
+    out = {}
+    for key, param in spec.items():
+        value = params.get(key, param.default)
+        if isinstance(param.default, bool) != isinstance(value, bool) or (
+            isinstance(param.default, int | float) and not isinstance(value, int | float)
+        ) or (isinstance(param.default, str) and not isinstance(value, str)):
+            raise ConfigError(f"algorithm.{key} = {value!r} must be a {type(param.default).__name__} ({param.doc})")
+        if param.choices is not None and value not in param.choices:
+            raise ConfigError(f"algorithm.{key} = {value!r} is not allowed; allowed: {list(param.choices)}")
+        if param.check is not None and not param.check(value):
+            raise ConfigError(f"algorithm.{key} = {value!r} must be {param.rule} ({param.doc})")
+        out[key] = value
+    return out
+
+
+def build(name: str, params: Mapping[str, Any]):
+    return REGISTRY[name].build(name, resolve_params(name, params))

@@ -1,0 +1,142 @@
+"""The `fedpress` command.
+
+    fedpress run CONFIG.toml [--set dotted.key=value ...] [--out DIR] [--resume]
+    fedpress compare DIR ... [--target-accuracy A] [--plot PATH]
+    fedpress datasets list | verify [NAME ...] | fetch NAME ...
+    fedpress partition CONFIG.toml [--set ...] [--plot PATH]
+    fedpress algorithms
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fedpress.errors import ConfigError
+
+
+def _run(args) -> int:
+    from fedpress.config import load
+    from fedpress.sim import run
+
+    cfg = load(args.config, args.set)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    summary = run(cfg, out, resume=args.resume, progress=not args.quiet)
+    mb = (summary["uplink_bytes"] + summary["downlink_bytes"]) / 1e6
+    print(f"{cfg.name}: final accuracy {100 * summary['final_accuracy']:.2f}%, "
+          f"best {100 * summary['best_accuracy']:.2f}%, sent {mb:,.2f} MB "
+          f"(uplink {summary['uplink_compression']:.1f}x smaller than fp32) -> {out}")
+    return 0
+
+
+def _compare(args) -> int:
+    from fedpress.report import compare, plot_compare
+
+    print(compare(args.runs, args.target_accuracy))
+    plot = Path(args.plot) if args.plot else Path(args.runs[0]).parent / "compare.png"
+    plot_compare(args.runs, plot)
+    print(f"plot: {plot}")
+    return 0
+
+
+def _datasets(args) -> int:
+    from fedpress import data
+
+    if args.action == "list":
+        for name in data.list_datasets():
+            print(name)
+        return 0
+    names = args.names or data.list_datasets()
+    status = 0
+    for name in names:
+        if args.action == "fetch":
+            for path in data.fetch(name):
+                print(f"{name}: {path}")
+            continue
+        for check in data.verify(name):
+            mark = {True: "ok", False: "BAD", None: "unverified"}[check.ok]
+            print(f"{name:14} {check.file:32} {mark:10} {check.path or '-'} {check.note or ''}")
+            status |= check.ok is False
+    return status
+
+
+def _partition(args) -> int:
+    from fedpress.config import load
+    from fedpress.data import load as load_data
+    from fedpress.data import partition, plot_summary, summary
+    from fedpress.rng import derive_numpy
+
+    cfg = load(args.config, args.set)
+    ds = load_data(cfg.data.dataset)
+    parts = partition(cfg.data.partition, ds.y_train, cfg.data.num_clients, derive_numpy(cfg.seed, "partition"),
+                      **cfg.data.params)
+    print(summary(parts, ds.y_train, ds.num_classes))
+    if args.plot:
+        print(f"plot: {plot_summary(parts, ds.y_train, ds.num_classes, args.plot)}")
+    return 0
+
+
+def _algorithms(args) -> int:
+    from fedpress.algorithms.registry import REGISTRY
+
+    for name, spec in sorted(REGISTRY.items()):
+        print(f"{name}: {spec.doc}")
+        for key, p in spec.params.items():
+            allowed = f" one of {list(p.choices)}" if p.choices else (f" {p.rule}" if p.rule else "")
+            print(f"    {key} = {p.default!r}  ({p.doc};{allowed})")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fedpress", description="Communication-efficient federated learning.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="train a config and write DIR/{config.toml,metrics.csv,summary.json,*.png}")
+    r.add_argument("config")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    r.add_argument("--out", help="run directory (default runs/<name>)")
+    r.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_run)
+
+    c = sub.add_parser("compare", help="table and plot of several runs")
+    c.add_argument("runs", nargs="+")
+    c.add_argument("--target-accuracy", type=float, help="also report MB and rounds to reach it (0-1)")
+    c.add_argument("--plot", help="PNG path (default: compare.png beside the first run)")
+    c.set_defaults(func=_compare)
+
+    d = sub.add_parser("datasets", help="list, verify or fetch datasets")
+    d.add_argument("action", choices=["list", "verify", "fetch"])
+    d.add_argument("names", nargs="*")
+    d.set_defaults(func=_datasets)
+
+    p = sub.add_parser("partition", help="print (and plot) how a config splits its data over clients")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--plot", help="PNG path")
+    p.set_defaults(func=_partition)
+
+    a = sub.add_parser("algorithms", help="list algorithms and their hyperparameters")
+    a.set_defaults(func=_algorithms)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"fedpress: config error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a clear one-line reason for the errors users can act on
+        from fedpress.data import DatasetError
+
+        if isinstance(e, DatasetError):
+            print(f"fedpress: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Run configuration: TOML in, frozen dataclasses out, every key and value checked.
+
+    seed = 0
+    rounds = 100
+    clients_per_round = 10
+    eval_every = 5
+
+    [data]       dataset, num_clients, partition, and the partitioner's own keys (alpha, ...)
+    [model]      name, and the model's own options
+    [train]      epochs | steps, batch_size, lr, momentum, weight_decay, lr_schedule, ...
+    [algorithm]  name, and that algorithm's hyperparameters (ratio, precision, ...)
+
+`load(path, overrides)` reads a file and applies `--set dotted.key=value` overrides; an
+unknown key or a bad value raises ConfigError naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedpress.algorithms.registry import REGISTRY, resolve_params
+from fedpress.errors import ConfigError
+
+LR_SCHEDULES = ("constant", "exponential", "step", "cosine")
+EXECUTORS = ("sequential",)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "mnist"
+    num_clients: int = 100
+    partition: str = "dirichlet"
+    params: dict = field(default_factory=lambda: {"alpha": 0.5})  # the partitioner's own keys
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "lenet5"
+    options: dict = field(default_factory=dict)  # the model's own keys
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1
+    steps: int = 0  # > 0: a fixed number of local steps instead of epochs
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    lr_gamma: float = 1.0  # exponential: lr * gamma^t; step: lr * gamma^(t // lr_step)
+    lr_step: int = 1
+    lr_min: float = 0.0  # cosine: decays to lr_min at the last round
+
+    def lr_at(self, round_: int, rounds: int) -> float:
+        """The local learning rate of a (0-based) round under the schedule."""
+        import math
+
+        if self.lr_schedule == "exponential":
+            return self.lr * self.lr_gamma**round_
+        if self.lr_schedule == "step":
+            return self.lr * self.lr_gamma ** (round_ // self.lr_step)
+        if self.lr_schedule == "cosine":
+            return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1 + math.cos(math.pi * round_ / max(rounds, 1)))
+        return self.lr
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    name: str = "fedavg"
+    params: dict = field(default_factory=dict)  # the algorithm's hyperparameters, resolved
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "run"
+    seed: int = 0
+    rounds: int = 100
+    clients_per_round: int = 10
+    eval_every: int = 5
+    checkpoint_every: int = 10
+    executor: str = "sequential"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as TOML-shaped nested dicts (open tables flattened back)."""
+        top = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not dataclasses.is_dataclass(
+            getattr(self, f.name))}
+        return {
+            **top,
+            "data": {"dataset": self.data.dataset, "num_clients": self.data.num_clients,
+                     "partition": self.data.partition, **self.data.params},
+            "model": {"name": self.model.name, **self.model.options},
+            "train": dataclasses.asdict(self.train),
+            "algorithm": {"name": self.algorithm.name, **self.algorithm.params},
+        }
+
+
+# ---------------------------------------------------------------------------- checking
+
+
+def _check_type(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} must be a {type(default).__name__}")
+    return value
+
+
+def _fixed(cls, table: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """Check a table whose keys are the dataclass's scalar fields (those with a plain default)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    out = {}
+    for key, value in table.items():
+        if key not in defaults:
+            raise ConfigError(f"{prefix}{key} is not a config key; allowed: {', '.join(sorted(defaults))}")
+        out[key] = _check_type(prefix + key, value, defaults[key])
+    return out
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def from_dict(raw: Mapping[str, Any]) -> Config:
+    raw = dict(raw)
+    tables = {name: dict(raw.pop(name, {})) for name in ("data", "model", "train", "algorithm")}
+    for name, table in tables.items():
+        _require(isinstance(table, dict), f"[{name}] must be a table")
+    top = _fixed(Config, raw, "")
+    cfg = Config(**top)
+    _require(cfg.rounds >= 1, f"rounds = {cfg.rounds} must be >= 1")
+    _require(cfg.eval_every >= 1, f"eval_every = {cfg.eval_every} must be >= 1")
+    _require(cfg.checkpoint_every >= 0, "checkpoint_every must be >= 0 (0: no checkpoints)")
+    _require(cfg.executor in EXECUTORS, f"executor = {cfg.executor!r}; allowed: {list(EXECUTORS)}")
+    return dataclasses.replace(
+        cfg,
+        data=_data(tables["data"], cfg),
+        model=_model(tables["model"]),
+        train=_train(tables["train"]),
+        algorithm=_algorithm(tables["algorithm"]),
+    )
+
+
+def _data(table: dict, cfg: Config) -> DataConfig:
+    from fedpress.data import list_datasets
+    from fedpress.data.partition import PARTITIONERS
+
+    d = DataConfig()
+    dataset = _check_type("data.dataset", table.pop("dataset", d.dataset), d.dataset)
+    num_clients = _check_type("data.num_clients", table.pop("num_clients", d.num_clients), d.num_clients)
+    partition = _check_type("data.partition", table.pop("partition", d.partition), d.partition)
+    _require(dataset in list_datasets(), f"data.dataset = {dataset!r}; allowed: {', '.join(list_datasets())}")
+    _require(partition in PARTITIONERS, f"data.partition = {partition!r}; allowed: {', '.join(PARTITIONERS)}")
+    _require(num_clients >= 1, "data.num_clients must be >= 1")
+    _require(1 <= cfg.clients_per_round <= num_clients,
+             f"clients_per_round = {cfg.clients_per_round} must be in [1, data.num_clients = {num_clients}]")
+    entry = PARTITIONERS[partition]
+    params = table if table or partition != d.partition else dict(d.params)
+    allowed = entry.required + entry.optional
+    for key in params:
+        _require(key in allowed, f"data.{key} is not a key of partition {partition!r}; "
+                                 f"allowed: dataset, num_clients, partition, {', '.join(allowed) or '(none)'}")
+    for key in entry.required:
+        _require(key in params, f"data.{key} is required by partition {partition!r}")
+    return DataConfig(dataset, num_clients, partition, params)
+
+
+def _model(table: dict) -> ModelConfig:
+    from fedpress.models import list_models, model_options
+
+    name = _check_type("model.name", table.pop("name", ModelConfig.name), ModelConfig.name)
+    _require(name in list_models(), f"model.name = {name!r}; allowed: {', '.join(list_models())}")
+    allowed = model_options(name)
+    for key in table:
+        _require(key in allowed, f"model.{key} is not an option of model {name!r}; "
+                                 f"allowed: name, {', '.join(allowed) or '(none)'}")
+    return ModelConfig(name, table)
+
+
+def _train(table: dict) -> TrainConfig:
+    t = TrainConfig(**_fixed(TrainConfig, table, "train."))
+    _require(t.epochs >= 1 or t.steps >= 1, "train.epochs or train.steps must be >= 1")
+    _require(t.steps >= 0, "train.steps must be >= 0 (0: use train.epochs)")
+    _require(t.batch_size >= 1, "train.batch_size must be >= 1")
+    _require(t.lr > 0, f"train.lr = {t.lr} must be > 0")
+    _require(0 <= t.momentum < 1, f"train.momentum = {t.momentum} must be in [0, 1)")
+    _require(t.weight_decay >= 0, "train.weight_decay must be >= 0")
+    _require(t.lr_schedule in LR_SCHEDULES, f"train.lr_schedule = {t.lr_schedule!r}; allowed: {list(LR_SCHEDULES)}")
+    _require(t.lr_step >= 1, "train.lr_step must be >= 1")
+    return t
+
+
+def _algorithm(table: dict) -> AlgorithmConfig:
+    name = _check_type("algorithm.name", table.pop("name", AlgorithmConfig.name), AlgorithmConfig.name)
+    _require(name in REGISTRY, f"algorithm.name = {name!r}; allowed: {', '.join(sorted(REGISTRY))}")
+    return AlgorithmConfig(name, resolve_params(name, table))
+
+
+# ---------------------------------------------------------------------------- files and overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value); the value is read as TOML, else as a bare string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected dotted.key=value")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {part} is not a table")
+        if path[0] == "algorithm" and path[-1] == "name" and len(path) == 2 and node.get("name") != value:
+            # A new algorithm keeps only the hyperparameters it also takes.
+            spec = REGISTRY.get(value)
+            if spec is not None:
+                for key in [k for k in node if k != "name" and k not in spec.params]:
+                    del node[key]
+        node[path[-1]] = value
+    return raw
+
+
+def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    raw.setdefault("name", path.stem)
+    return from_dict(apply_overrides(raw, overrides))
+
+
+def dumps(cfg: Config) -> str:
+    """The resolved config as TOML text (what `fedpress run` writes to DIR/config.toml)."""
+    d = cfg.to_dict()
+    lines = [f"{k} = {_toml(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    for name, table in d.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{name}]"] + [f"{k} = {_toml(v)}" for k, v in table.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    raise ConfigError(f"cannot write {v!r} to TOML")

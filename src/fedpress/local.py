@@ -1,0 +1,184 @@
+"""Local training over a flat model state with torch.func.functional_call.
+
+A model's state travels as one flat fp32 vector: its parameters, then its floating
+buffers (BatchNorm running statistics), laid out by a `Layout`. `FlatModel` pairs the
+module (used only as a function) with that layout. `train` runs minibatch SGD from a
+`LocalPlan`, the data an algorithm hands the executor: where to start, how many steps,
+and the hooks the methods need (a penalty such as FedProx's or FLARE's regulariser, a
+gradient offset such as Scaffnew's control variate, a point at which to take gradients
+such as FedComLoc-Local's compressed model). Because a plan is data and training is a
+pure function of (plan, data, generator), an executor may run clients one by one, in a
+batch, or in other processes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from fedpress.layout import Layout
+
+
+@dataclass(frozen=True)
+class FlatModel:
+    """A module used as a pure function of a flat state vector [parameters | buffers]."""
+
+    module: nn.Module
+    layout: Layout  # parameters first, then floating buffers
+    param_layout: Layout
+    buffer_layout: Layout
+
+    @classmethod
+    def of(cls, module: nn.Module) -> FlatModel:
+        params = [(n, tuple(p.shape)) for n, p in module.named_parameters()]
+        buffers = [(n, tuple(b.shape)) for n, b in module.named_buffers() if b.dtype.is_floating_point]
+        return cls(module, Layout.from_shapes(params + buffers), Layout.from_shapes(params),
+                   Layout.from_shapes(buffers))
+
+    @property
+    def num_params(self) -> int:
+        """Length of the trainable prefix of the flat vector."""
+        return self.param_layout.numel
+
+    def initial(self) -> torch.Tensor:
+        """The module's current state as one flat vector (d,)."""
+        state = dict(self.module.named_parameters())
+        state.update({n: b for n, b in self.module.named_buffers() if b.dtype.is_floating_point})
+        return self.layout.flatten(state)
+
+    def tensors(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named views into a flat state, for functional_call."""
+        P = self.num_params
+        return {**self.param_layout.unflatten(x[:P]), **self.buffer_layout.unflatten(x[P:])}
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Local optimiser settings shared by all clients of a run."""
+
+    lr: float = 0.05
+    batch_size: int = 32
+    epochs: int = 1
+    steps: int | None = None  # if set, a fixed number of minibatch steps instead of epochs
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """What an algorithm asks one client's local training to do."""
+
+    x0: torch.Tensor  # (d,) start point: parameters then buffers
+    steps: int | None = None  # overrides TrainSpec (Scaffnew's random L)
+    lr: float | None = None  # overrides TrainSpec (a schedule's value this round)
+    # penalty(w, step) -> scalar added to the loss; w is the flat (P,) parameter vector
+    # (FedProx: mu/2 ||w - x||^2; FLARE's regulariser)
+    penalty: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+    grad_offset: torch.Tensor | None = None  # (P,) added to every gradient (Scaffnew: -h_i)
+    grad_at: Callable[[torch.Tensor], torch.Tensor] | None = None  # (P,) -> (P,) gradient point
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    x: torch.Tensor  # (d,) end point
+    steps: int
+    loss: float  # mean training loss over the local steps
+
+
+def num_steps(n: int, spec: TrainSpec, plan: LocalPlan) -> int:
+    if plan.steps is not None:
+        return plan.steps
+    if spec.steps is not None:
+        return spec.steps
+    return spec.epochs * math.ceil(n / spec.batch_size)
+
+
+def batches(n: int, batch_size: int, steps: int, rng: torch.Generator):
+    """Minibatch index tensors: successive reshuffled passes over the n local samples."""
+    perm, at = torch.randperm(n, generator=rng), 0
+    for _ in range(steps):
+        if at >= n:
+            perm, at = torch.randperm(n, generator=rng), 0
+        yield perm[at : at + batch_size]
+        at += batch_size
+
+
+def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
+
+
+def train(
+    model: FlatModel,
+    plan: LocalPlan,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    spec: TrainSpec,
+    rng: torch.Generator,
+) -> LocalResult:
+    """Minibatch SGD (momentum, weight decay, plan hooks) on one client's data, from plan.x0."""
+    n = targets.numel()
+    if n == 0:
+        return LocalResult(plan.x0.clone(), 0, float("nan"))
+    P = model.num_params
+    names = model.param_layout.names
+    # Parameters train as separate leaf tensors, as in an nn.Module: autograd writes each
+    # gradient into its own tensor (views of one flat leaf would make every backward
+    # scatter into a fresh (P,) buffer). The flat vector is rebuilt once at the end.
+    params = [t.clone().requires_grad_(True) for t in model.param_layout.unflatten(plan.x0[:P]).values()]
+    buffers = plan.x0[P:].clone()  # (B,) BatchNorm updates it in place in train mode
+    state = {**dict(zip(names, params, strict=True)), **model.buffer_layout.unflatten(buffers)}
+    offset = None if plan.grad_offset is None else list(model.param_layout.unflatten(plan.grad_offset).values())
+    velocity = [torch.zeros_like(p) for p in params] if spec.momentum else None
+    lr = spec.lr if plan.lr is None else plan.lr
+    steps = num_steps(n, spec, plan)
+    total = torch.zeros(())
+    model.module.train()
+    # Dropout and other in-model randomness draw from torch's global generator: seed it
+    # from this client's generator inside a fork, so nothing leaks out and runs repeat.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=rng)))
+        for step, idx in enumerate(batches(n, spec.batch_size, steps, rng)):
+            point, point_state = params, state
+            if plan.grad_at is not None:  # gradient taken at another point, applied to w
+                moved = plan.grad_at(_flat([p.detach() for p in params]))  # (P,)
+                point = [t.clone().requires_grad_(True) for t in model.param_layout.unflatten(moved).values()]
+                point_state = {**state, **dict(zip(names, point, strict=True))}
+            loss = F.cross_entropy(functional_call(model.module, point_state, (inputs[idx],)), targets[idx])
+            objective = loss if plan.penalty is None else loss + plan.penalty(_flat(point), step)
+            grads = list(torch.autograd.grad(objective, point))
+            with torch.no_grad():
+                total += loss
+                if offset is not None:
+                    torch._foreach_add_(grads, offset)
+                if spec.weight_decay:
+                    torch._foreach_add_(grads, params, alpha=spec.weight_decay)
+                if velocity is not None:
+                    torch._foreach_mul_(velocity, spec.momentum)
+                    torch._foreach_add_(velocity, grads)
+                    grads = velocity
+                torch._foreach_add_(params, grads, alpha=-lr)
+    x = torch.cat([_flat([p.detach() for p in params]), buffers])
+    return LocalResult(x, steps, float(total) / steps)
+
+
+@torch.no_grad()
+def evaluate(model: FlatModel, x: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
+             batch_size: int = 2000) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of the model state x on a labelled set."""
+    if targets.numel() == 0:
+        return float("nan"), float("nan")
+    model.module.eval()
+    state = model.tensors(x)
+    correct, loss = 0, 0.0
+    for at in range(0, targets.numel(), batch_size):
+        logits = functional_call(model.module, state, (inputs[at : at + batch_size],))
+        y = targets[at : at + batch_size]
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    return correct / targets.numel(), loss / targets.numel()

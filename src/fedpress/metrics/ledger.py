@@ -1,0 +1,64 @@
+"""The ledger: the one place that adds up bytes.
+
+Every message's `len(bytes)` is recorded here by the transport, and nowhere else is a
+size computed. A broadcast is one entry with the number of clients that received it,
+so both views exist: counted once (multicast, as QAFeL's spreadsheets count it) and
+counted per receiving client (unicast, what each device downloads). Next to the real
+bytes the ledger keeps the dense fp32 equivalent: the length of one fp32 frame of the
+full model, measured once by encoding it, times the messages sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+UP, DOWN = "up", "down"
+BROADCAST = -1  # the client id of a message sent to several clients at once
+
+
+@dataclass
+class Entry:
+    round: int
+    direction: str  # UP or DOWN
+    client: int  # sender (UP) or receiver (DOWN); BROADCAST for one message to many
+    nbytes: int
+    receivers: int = 1
+
+
+@dataclass
+class Ledger:
+    dense_bytes: int  # len() of one dense fp32 frame of the whole model
+    entries: list[Entry] = field(default_factory=list)
+
+    def record(self, round_: int, direction: str, client: int, nbytes: int, receivers: int = 1) -> None:
+        if direction not in (UP, DOWN):
+            raise ValueError(f"ledger direction must be {UP!r} or {DOWN!r}, got {direction!r}")
+        self.entries.append(Entry(round_, direction, client, int(nbytes), int(receivers)))
+
+    def round_totals(self, round_: int) -> dict[str, int]:
+        up = [e for e in self.entries if e.round == round_ and e.direction == UP]
+        down = [e for e in self.entries if e.round == round_ and e.direction == DOWN]
+        return {
+            "uplink_bytes": sum(e.nbytes for e in up),
+            "downlink_bytes": sum(e.nbytes * e.receivers for e in down),
+            "downlink_broadcast_bytes": sum(e.nbytes for e in down),
+            "dense_uplink_bytes": self.dense_bytes * len(up),
+            "dense_downlink_bytes": self.dense_bytes * sum(e.receivers for e in down),
+        }
+
+    def per_client(self) -> dict[int, dict[str, int]]:
+        """Bytes each client sent and received (a broadcast counts for each of its receivers
+        only when they are known; here it is listed under BROADCAST)."""
+        out: dict[int, dict[str, int]] = {}
+        for e in self.entries:
+            row = out.setdefault(e.client, {"uplink_bytes": 0, "downlink_bytes": 0, "messages": 0})
+            row["uplink_bytes" if e.direction == UP else "downlink_bytes"] += e.nbytes
+            row["messages"] += 1
+        return out
+
+    def to_rows(self) -> list[list[int | str]]:
+        return [[e.round, e.direction, e.client, e.nbytes, e.receivers] for e in self.entries]
+
+    @classmethod
+    def from_rows(cls, dense_bytes: int, rows: list) -> Ledger:
+        return cls(int(dense_bytes), [Entry(int(r), str(d), int(c), int(n), int(k)) for r, d, c, n, k in rows])

@@ -1,0 +1,37 @@
+"""Executors run the local training of a round's clients.
+
+The simulator hands an executor a list of jobs (a LocalPlan, the client's data, its
+generator) and gets LocalResults back in the same order. `Sequential` runs them one by
+one. A vectorized executor (torch.func.vmap over stacked plans) or a multi-process one
+implements the same `run`; because plans are data and `local.train` is a pure function
+of (plan, data, generator), they give the same results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from fedpress.local import FlatModel, LocalPlan, LocalResult, TrainSpec, train
+
+
+@dataclass(frozen=True)
+class Job:
+    plan: LocalPlan
+    inputs: torch.Tensor  # (n_i, ...) the client's samples
+    targets: torch.Tensor  # (n_i,)
+    rng: torch.Generator
+
+
+class Executor(Protocol):
+    def run(self, model: FlatModel, jobs: list[Job], spec: TrainSpec) -> list[LocalResult]: ...
+
+
+class Sequential:
+    def run(self, model: FlatModel, jobs: list[Job], spec: TrainSpec) -> list[LocalResult]:
+        return [train(model, job.plan, job.inputs, job.targets, spec, job.rng) for job in jobs]
+
+
+EXECUTORS = {"sequential": Sequential}

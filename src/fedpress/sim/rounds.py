@@ -1,0 +1,278 @@
+"""The synchronous simulator: rounds of sample, broadcast, train, upload, aggregate.
+
+It knows nothing of any algorithm beyond the step functions of `algorithms.base`; it
+owns the loop, the wire (through `transport.send`), the ledger, the client store,
+evaluation, checkpoints and the run directory:
+
+    DIR/config.toml     the resolved config
+    DIR/metrics.csv     one row per round (accuracy when evaluated, bytes, cumulative bytes)
+    DIR/summary.json    final and best accuracy, total bytes and their dense equivalents
+    DIR/ledger.csv      every message: round, direction, client, bytes, receivers
+    DIR/*.png           accuracy against rounds and against cumulative MB
+    DIR/checkpoint.pt   server state, client states, ledger and metrics every N rounds
+
+All randomness is derived from (seed, purpose, round, client), so a run resumed from a
+checkpoint draws exactly what the uninterrupted run drew and ends with the same numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedpress import state as state_io
+from fedpress.algorithms import ClientContext, RoundContext, Uplink, build
+from fedpress.config import Config, dumps
+from fedpress.data import Dataset, load, partition
+from fedpress.errors import ConfigError
+from fedpress.local import FlatModel, LocalResult, TrainSpec, evaluate
+from fedpress.metrics.ledger import BROADCAST, DOWN, UP, Ledger
+from fedpress.models import build_model
+from fedpress.rng import derive, derive_numpy
+from fedpress.sim.executor import EXECUTORS, Job
+from fedpress.sim.transport import dense_frame_bytes, send
+from fedpress.wire import Reason, WireError
+
+METRIC_COLUMNS = [
+    "round", "wall_seconds", "test_accuracy", "test_loss", "train_loss", "clients", "rejected",
+    "uplink_bytes", "downlink_bytes", "downlink_broadcast_bytes", "dense_uplink_bytes", "dense_downlink_bytes",
+    "cum_uplink_bytes", "cum_downlink_bytes", "cum_downlink_broadcast_bytes", "cum_dense_uplink_bytes",
+    "cum_dense_downlink_bytes",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Everything a config builds once: data, partition, model, algorithm."""
+
+    config: Config
+    dataset: Dataset
+    parts: list[torch.Tensor]  # one index tensor into the training set per client
+    model: FlatModel
+    algorithm: Any
+    x0: torch.Tensor  # (d,) initial model state
+
+
+def setup(cfg: Config) -> Experiment:
+    ds = load(cfg.data.dataset)
+    try:
+        parts = partition(cfg.data.partition, ds.y_train, cfg.data.num_clients,
+                          derive_numpy(cfg.seed, "partition"), **cfg.data.params)
+    except ValueError as e:
+        raise ConfigError(f"[data] {e}") from None
+    try:
+        module = build_model(cfg.model.name, ds.input_shape, ds.num_classes, derive(cfg.seed, "init"),
+                             **cfg.model.options)
+    except ValueError as e:
+        raise ConfigError(f"[model] {e}") from None
+    model = FlatModel.of(module)
+    algorithm = build(cfg.algorithm.name, cfg.algorithm.params)
+    return Experiment(cfg, ds, parts, model, algorithm, model.initial())
+
+
+@dataclass
+class Progress:
+    """What a checkpoint holds besides the algorithm's states."""
+
+    round: int  # rounds completed
+    server: Any
+    clients: dict[int, Any]  # the client store: only clients that have state
+    ledger: Ledger
+    rows: list[dict]
+
+
+def sample_clients(cfg: Config, round_: int) -> tuple[int, ...]:
+    """Uniform without replacement, from the run seed (the same on resume)."""
+    perm = torch.randperm(cfg.data.num_clients, generator=derive(cfg.seed, "sample", round_))
+    return tuple(sorted(perm[: cfg.clients_per_round].tolist()))
+
+
+def run_round(exp: Experiment, p: Progress, executor, t: int) -> dict:
+    """One synchronous round t (0-based). Updates p in place; returns the metrics row."""
+    cfg, alg, model, layout = exp.config, exp.algorithm, exp.model, exp.model.layout
+    started = time.perf_counter()
+    sampled = sample_clients(cfg, t)
+    rctx = RoundContext(t, cfg.seed, sampled, model)
+
+    down, server = alg.broadcast(p.server, rctx)
+    if isinstance(down, dict):  # one message per client
+        received = {c: send(down[c], layout, p.ledger, t, DOWN, c).expand(layout) for c in sampled}
+    else:  # one broadcast, decoded once: every receiver gets the same bytes
+        x = send(down, layout, p.ledger, t, DOWN, BROADCAST, receivers=len(sampled)).expand(layout)
+        received = dict.fromkeys(sampled, x)
+
+    contexts = {c: ClientContext(t, c, int(exp.parts[c].numel()), cfg.seed, model) for c in sampled}
+    states = {c: p.clients[c] if c in p.clients else alg.init_client(layout) for c in sampled}
+    plans = {c: alg.client_begin(states[c], received[c], contexts[c]) for c in sampled}
+    spec = TrainSpec(lr=cfg.train.lr_at(t, cfg.rounds), batch_size=cfg.train.batch_size, epochs=cfg.train.epochs,
+                     steps=cfg.train.steps or None, momentum=cfg.train.momentum,
+                     weight_decay=cfg.train.weight_decay)
+    jobs = [Job(plans[c], exp.dataset.x_train[exp.parts[c]], exp.dataset.y_train[exp.parts[c]],
+                derive(cfg.seed, "train", t, c)) for c in sampled]
+    results: list[LocalResult] = executor.run(model, jobs, spec)
+
+    uplinks, rejected, losses = [], 0, []
+    for c, result in zip(sampled, results, strict=True):
+        if not bool(torch.isfinite(result.x).all()):
+            rejected += 1  # a diverged client: its update is not averaged in, its state not kept
+            continue
+        msg, new_state = alg.client_end(states[c], plans[c], result, contexts[c])
+        try:
+            arrived = send(msg, layout, p.ledger, t, UP, c)
+        except WireError as e:
+            if e.reason is not Reason.NON_FINITE:
+                raise
+            rejected += 1  # e.g. an fp16 overflow: refused at the sender, nothing averaged in
+            continue
+        if new_state is not None:
+            p.clients[c] = new_state
+        uplinks.append(Uplink(c, arrived, float(contexts[c].num_samples)))
+        losses.append(result.loss)
+    p.server = alg.aggregate(server, uplinks, rctx)
+
+    row: dict[str, Any] = {"round": t + 1, "test_accuracy": "", "test_loss": "",
+                           "train_loss": sum(losses) / len(losses) if losses else "",
+                           "clients": len(uplinks), "rejected": rejected, **p.ledger.round_totals(t)}
+    if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
+        acc, loss = evaluate(model, alg.model(p.server), exp.dataset.x_test, exp.dataset.y_test)
+        row.update(test_accuracy=acc, test_loss=loss)
+    previous = p.rows[-1] if p.rows else {}
+    for key in ("uplink_bytes", "downlink_bytes", "downlink_broadcast_bytes", "dense_uplink_bytes",
+                "dense_downlink_bytes"):
+        row[f"cum_{key}"] = previous.get(f"cum_{key}", 0) + row[key]
+    row["wall_seconds"] = time.perf_counter() - started
+    p.round = t + 1
+    p.rows.append(row)
+    return row
+
+
+def run(
+    cfg: Config,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_round_end: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run a config to the end (or resume it), write the run directory, return the summary."""
+    exp = setup(cfg)
+    out_dir = Path(out) if out is not None else Path("runs") / cfg.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = out_dir / "checkpoint.pt"
+    config_text = dumps(cfg)
+    if resume and checkpoint.exists():
+        previous = (out_dir / "config.toml").read_text() if (out_dir / "config.toml").exists() else ""
+        if previous != config_text:
+            raise ConfigError(f"--resume: {out_dir} holds a run of a different config; "
+                              f"use another --out or the same config")
+        p = _load_checkpoint(checkpoint)
+    else:
+        ledger = Ledger(dense_frame_bytes(exp.model.layout))
+        p = Progress(0, exp.algorithm.init_server(exp.x0, exp.model.layout), {}, ledger, [])
+    (out_dir / "config.toml").write_text(config_text)
+
+    executor = EXECUTORS[cfg.executor]()
+    bar = _progress_bar(cfg, p.round, progress)
+    for t in range(p.round, cfg.rounds):
+        row = run_round(exp, p, executor, t)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(_postfix(p.rows))
+        if cfg.checkpoint_every and (t + 1) % cfg.checkpoint_every == 0 and t + 1 < cfg.rounds:
+            _save_checkpoint(p, checkpoint)
+            write_metrics(p.rows, out_dir / "metrics.csv")
+        if on_round_end is not None:
+            on_round_end(row)
+    if bar is not None:
+        bar.close()
+    summary = write_outputs(exp, p, out_dir)
+    checkpoint.unlink(missing_ok=True)  # the run is complete; its outputs are the record
+    return summary
+
+
+def _progress_bar(cfg: Config, start: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.rounds, initial=start, desc=cfg.name, unit="round", dynamic_ncols=True)
+
+
+def _postfix(rows: list[dict]) -> str:
+    accs = [r["test_accuracy"] for r in rows if r["test_accuracy"] != ""]
+    mb = (rows[-1]["cum_uplink_bytes"] + rows[-1]["cum_downlink_bytes"]) / 1e6
+    acc = f"acc {100 * accs[-1]:.2f}% " if accs else ""
+    return f"{acc}sent {mb:,.2f} MB"
+
+
+def _save_checkpoint(p: Progress, path: Path) -> None:
+    state_io.save({"round": p.round, "server": p.server, "clients": p.clients, "dense_bytes": p.ledger.dense_bytes,
+                   "ledger": p.ledger.to_rows(), "rows": [{k: _plain(v) for k, v in r.items()} for r in p.rows]},
+                  path)
+
+
+def _plain(v):
+    return float(v) if isinstance(v, float) else v
+
+
+def _load_checkpoint(path: Path) -> Progress:
+    d = state_io.load(path)
+    return Progress(d["round"], d["server"], d["clients"], Ledger.from_rows(d["dense_bytes"], d["ledger"]), d["rows"])
+
+
+def write_metrics(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def write_outputs(exp: Experiment, p: Progress, out_dir: Path) -> dict:
+    cfg, rows = exp.config, p.rows
+    write_metrics(rows, out_dir / "metrics.csv")
+    with open(out_dir / "ledger.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["round", "direction", "client", "bytes", "receivers"])
+        writer.writerows(p.ledger.to_rows())
+    accs = [r["test_accuracy"] for r in rows if r["test_accuracy"] != ""]
+    last = rows[-1]
+    summary = {
+        "name": cfg.name,
+        "algorithm": cfg.algorithm.name,
+        "dataset": cfg.data.dataset,
+        "model": cfg.model.name,
+        "num_parameters": exp.model.num_params,
+        "rounds": len(rows),
+        "final_accuracy": accs[-1] if accs else math.nan,
+        "best_accuracy": max(accs) if accs else math.nan,
+        "uplink_bytes": last["cum_uplink_bytes"],
+        "downlink_bytes": last["cum_downlink_bytes"],
+        "downlink_broadcast_bytes": last["cum_downlink_broadcast_bytes"],
+        "dense_uplink_bytes": last["cum_dense_uplink_bytes"],
+        "dense_downlink_bytes": last["cum_dense_downlink_bytes"],
+        "uplink_compression": last["cum_dense_uplink_bytes"] / max(last["cum_uplink_bytes"], 1),
+        "total_compression": (last["cum_dense_uplink_bytes"] + last["cum_dense_downlink_bytes"])
+        / max(last["cum_uplink_bytes"] + last["cum_downlink_bytes"], 1),
+        "rejected_updates": sum(r["rejected"] for r in rows),
+        "wall_seconds": sum(r["wall_seconds"] for r in rows),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    try:
+        from fedpress.report import plot_run
+
+        plot_run(out_dir)
+    except ImportError:  # pragma: no cover - report ships with the package
+        pass
+    return summary
+
+
+__all__ = ["Experiment", "Progress", "run", "run_round", "sample_clients", "setup"]
