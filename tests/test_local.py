@@ -1,0 +1,104 @@
+"""Local training equals a plain PyTorch loop, and its hooks do what they say."""
+
+import torch
+import torch.nn.functional as F
+
+from fedpress.local import FlatModel, LocalPlan, TrainSpec, batches, evaluate, train
+from fedpress.models import build_model
+
+
+def setup(name="mlp", **kw):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 1, 4, 4, generator=g)
+    y = torch.randint(0, 3, (96,), generator=g)
+    model = build_model(name, (1, 4, 4), 3, torch.Generator().manual_seed(1), **kw)
+    return model, x, y
+
+
+def test_equals_torch_optim_sgd_bit_for_bit():
+    module, x, y = setup(widths=[8])
+    fm = FlatModel.of(module)
+    spec = TrainSpec(lr=0.1, batch_size=10, epochs=2, momentum=0.9, weight_decay=1e-3)
+    ours = train(fm, LocalPlan(fm.initial()), x, y, spec, torch.Generator().manual_seed(5)).x
+
+    ref = build_model("mlp", (1, 4, 4), 3, torch.Generator().manual_seed(1), widths=[8])
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    g = torch.Generator().manual_seed(5)
+    torch.randint(0, 2**62, (1,), generator=g)  # train() draws the dropout seed first
+    for idx in batches(96, 10, 20, g):
+        opt.zero_grad()
+        F.cross_entropy(ref(x[idx]), y[idx]).backward()
+        opt.step()
+    assert torch.equal(ours, fm.layout.flatten(dict(ref.named_parameters())))
+
+
+def test_steps_and_epochs():
+    module, x, y = setup(widths=[8])
+    fm = FlatModel.of(module)
+    g = torch.Generator().manual_seed(0)
+    assert train(fm, LocalPlan(fm.initial()), x, y, TrainSpec(batch_size=32, epochs=2), g).steps == 6
+    assert train(fm, LocalPlan(fm.initial(), steps=7), x, y, TrainSpec(batch_size=32), g).steps == 7
+    assert train(fm, LocalPlan(fm.initial()), x, y, TrainSpec(batch_size=32, steps=4), g).steps == 4
+
+
+def test_penalty_gradient_enters_the_step():
+    """One full-batch step with FedProx's (mu/2)||w - a||^2: x0 - lr (g + mu (x0 - a))."""
+    module, x, y = setup(widths=[8])
+    fm = FlatModel.of(module)
+    x0 = fm.initial()
+    anchor = x0 + 0.3
+    spec = TrainSpec(lr=0.1, batch_size=96, steps=1)
+    free = train(fm, LocalPlan(x0), x, y, spec, torch.Generator().manual_seed(0)).x  # x0 - lr g
+
+    def prox(w, step):
+        return 0.5 * 2.0 * (w - anchor).square().sum()
+
+    held = train(fm, LocalPlan(x0, penalty=prox), x, y, spec, torch.Generator().manual_seed(0)).x
+    assert torch.allclose(held, free - 0.1 * 2.0 * (x0 - anchor), atol=1e-6)
+
+
+def test_gradient_offset_is_added_to_every_step():
+    module, x, y = setup(widths=[8])
+    fm = FlatModel.of(module)
+    x0 = fm.initial()
+    spec = TrainSpec(lr=0.1, batch_size=96, steps=3)
+    base = train(fm, LocalPlan(x0), x, y, spec, torch.Generator().manual_seed(0)).x
+    # an offset on the gradient changes the model; a huge opposite offset cancels nothing else
+    offset = torch.full((fm.num_params,), 0.5)
+    moved = train(fm, LocalPlan(x0, grad_offset=offset), x, y, spec, torch.Generator().manual_seed(0)).x
+    assert not torch.equal(base, moved)
+    linear_only = LocalPlan(x0, grad_offset=offset, penalty=lambda w, s: 0.0 * w.sum())
+    assert torch.equal(moved, train(fm, linear_only, x, y, spec, torch.Generator().manual_seed(0)).x)
+
+
+def test_grad_at_takes_gradients_at_another_point():
+    module, x, y = setup(widths=[8])
+    fm = FlatModel.of(module)
+    x0 = fm.initial()
+    spec = TrainSpec(lr=0.1, batch_size=96, steps=1)
+    at_zero = train(fm, LocalPlan(x0, grad_at=torch.zeros_like), x, y, spec, torch.Generator().manual_seed(0)).x
+    zero = torch.zeros(fm.num_params).requires_grad_(True)
+    loss = F.cross_entropy(torch.func.functional_call(module, fm.param_layout.unflatten(zero), (x,)), y)
+    (g,) = torch.autograd.grad(loss, zero)
+    assert torch.allclose(at_zero, x0 - 0.1 * g, atol=1e-7)
+
+
+def test_batchnorm_buffers_travel_in_the_flat_state():
+    module = build_model("resnet18", (3, 8, 8), 2, torch.Generator().manual_seed(0))
+    fm = FlatModel.of(module)
+    assert fm.layout.numel > fm.num_params  # running means and variances follow the parameters
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 2, (8,), generator=g)
+    out = train(fm, LocalPlan(fm.initial()), x, y, TrainSpec(batch_size=8, steps=1), g).x
+    P = fm.num_params
+    assert not torch.equal(out[P:], fm.initial()[P:])  # BatchNorm updated its statistics
+    acc, loss = evaluate(fm, out, x, y)
+    assert 0 <= acc <= 1 and loss > 0
+
+
+def test_training_does_not_touch_global_random_state():
+    module, x, y = setup(widths=[8])
+    fm = FlatModel.of(module)
+    before = torch.get_rng_state()
+    train(fm, LocalPlan(fm.initial()), x, y, TrainSpec(), torch.Generator().manual_seed(0))
+    assert torch.equal(before, torch.get_rng_state())
