@@ -11,7 +11,7 @@ ifneq ($(wildcard ../shared/datasets),)
 export FEDPRESS_MIRROR ?= $(abspath ../shared/datasets)
 endif
 
-.PHONY: run test lint bench clean
+.PHONY: run codecs test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,15 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The default experiment: FedAvg against Top-k 1% + fp16 with error feedback on MNIST.
+RUNS := runs/quickstart
 run: $(STAMP)
+	$(BIN)/fedpress run configs/quickstart.toml --out $(RUNS)/fedavg --set name=fedavg
+	$(BIN)/fedpress run configs/quickstart.toml --out $(RUNS)/topk_ef --set name=topk_ef_1pct_fp16 \
+	    --set algorithm.name=topk_ef --set algorithm.ratio=0.01 --set algorithm.precision=fp16
+	$(BIN)/fedpress compare $(RUNS)/fedavg $(RUNS)/topk_ef --target-accuracy 0.97
+
+codecs: $(STAMP)
 	$(BIN)/python -m fedpress.demo
 
 test: $(STAMP)
@@ -33,6 +41,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_wire.py
+	$(BIN)/python benchmarks/bench_sim.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
