@@ -102,3 +102,22 @@ def test_training_does_not_touch_global_random_state():
     before = torch.get_rng_state()
     train(fm, LocalPlan(fm.initial()), x, y, TrainSpec(), torch.Generator().manual_seed(0))
     assert torch.equal(before, torch.get_rng_state())
+
+
+def test_momentum_reset_step_restarts_the_velocity():
+    """Equals torch.optim.SGD whose state is cleared before step 2 (FLARE's model copy)."""
+    module, x, y = setup(widths=[8])
+    fm = FlatModel.of(module)
+    spec = TrainSpec(lr=0.1, batch_size=16, steps=4, momentum=0.9)
+    ours = train(fm, LocalPlan(fm.initial(), momentum_reset_step=2), x, y, spec, torch.Generator().manual_seed(5)).x
+    ref = build_model("mlp", (1, 4, 4), 3, torch.Generator().manual_seed(1), widths=[8])
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(5)
+    torch.randint(0, 2**62, (1,), generator=g)
+    for step, idx in enumerate(batches(96, 16, 4, g)):
+        if step == 2:
+            opt.state.clear()
+        opt.zero_grad()
+        F.cross_entropy(ref(x[idx]), y[idx]).backward()
+        opt.step()
+    assert torch.equal(ours, fm.layout.flatten(dict(ref.named_parameters())))

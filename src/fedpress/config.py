@@ -36,6 +36,7 @@ class DataConfig:
     num_clients: int = 100
     partition: str = "dirichlet"
     params: dict = field(default_factory=lambda: {"alpha": 0.5})  # the partitioner's own keys
+    normalize: bool = True  # standardise inputs per channel (False: pixels / 255, as FLARE's code)
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class Config:
         return {
             **top,
             "data": {"dataset": self.data.dataset, "num_clients": self.data.num_clients,
-                     "partition": self.data.partition, **self.data.params},
+                     "partition": self.data.partition, "normalize": self.data.normalize, **self.data.params},
             "model": {"name": self.model.name, **self.model.options},
             "train": dataclasses.asdict(self.train),
             "algorithm": {"name": self.algorithm.name, **self.algorithm.params},
@@ -166,6 +167,7 @@ def _data(table: dict, cfg: Config) -> DataConfig:
     dataset = _check_type("data.dataset", table.pop("dataset", d.dataset), d.dataset)
     num_clients = _check_type("data.num_clients", table.pop("num_clients", d.num_clients), d.num_clients)
     partition = _check_type("data.partition", table.pop("partition", d.partition), d.partition)
+    normalize = _check_type("data.normalize", table.pop("normalize", d.normalize), d.normalize)
     _require(dataset in list_datasets(), f"data.dataset = {dataset!r}; allowed: {', '.join(list_datasets())}")
     _require(partition in PARTITIONERS, f"data.partition = {partition!r}; allowed: {', '.join(PARTITIONERS)}")
     _require(num_clients >= 1, "data.num_clients must be >= 1")
@@ -175,11 +177,11 @@ def _data(table: dict, cfg: Config) -> DataConfig:
     params = table if table or partition != d.partition else dict(d.params)
     allowed = entry.required + entry.optional
     for key in params:
-        _require(key in allowed, f"data.{key} is not a key of partition {partition!r}; "
-                                 f"allowed: dataset, num_clients, partition, {', '.join(allowed) or '(none)'}")
+        _require(key in allowed, f"data.{key} is not a key of partition {partition!r}; allowed: dataset, "
+                                 f"num_clients, partition, normalize, {', '.join(allowed) or '(none)'}")
     for key in entry.required:
         _require(key in params, f"data.{key} is required by partition {partition!r}")
-    return DataConfig(dataset, num_clients, partition, params)
+    return DataConfig(dataset, num_clients, partition, params, normalize)
 
 
 def _model(table: dict) -> ModelConfig:

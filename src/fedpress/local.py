@@ -86,8 +86,10 @@ class LocalPlan:
     # penalty(w, step) -> scalar added to the loss; w is the flat (P,) parameter vector
     # (FedProx: mu/2 ||w - x||^2; FLARE's regulariser)
     penalty: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+    penalty_steps: int | None = None  # the penalty applies to steps < penalty_steps (None: all)
     grad_offset: torch.Tensor | None = None  # (P,) added to every gradient (Scaffnew: -h_i)
     grad_at: Callable[[torch.Tensor], torch.Tensor] | None = None  # (P,) -> (P,) gradient point
+    momentum_reset_step: int | None = None  # zero the momentum before this step (FLARE reference code)
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,8 @@ def train(
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=rng)))
         with bound(model.module, state) as forward:
             for step, idx in enumerate(batches(n, spec.batch_size, steps, rng)):
+                if velocity is not None and step == plan.momentum_reset_step:
+                    velocity = [torch.zeros_like(p) for p in params]
                 if plan.grad_at is None:
                     point, logits = params, forward(inputs[idx])
                 else:  # gradient taken at another point, applied to w (FedComLoc-Local)
@@ -174,7 +178,8 @@ def train(
                     logits = functional_call(model.module, {**state, **dict(zip(names, point, strict=True))},
                                              (inputs[idx],))
                 loss = F.cross_entropy(logits, targets[idx])
-                objective = loss if plan.penalty is None else loss + plan.penalty(_flat(point), step)
+                penalized = plan.penalty is not None and (plan.penalty_steps is None or step < plan.penalty_steps)
+                objective = loss + plan.penalty(_flat(point), step) if penalized else loss
                 grads = list(torch.autograd.grad(objective, point))
                 with torch.no_grad():
                     total += loss

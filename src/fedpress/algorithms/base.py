@@ -44,6 +44,7 @@ class RoundContext:
     seed: int  # the run seed; randomness shared by server and clients derives from it
     clients: tuple[int, ...]  # sampled this round
     model: FlatModel  # the model as a function and its layout (agreed once, never sent)
+    population: int = 0  # number of clients in the federation (EF21's server average)
 
     @property
     def layout(self) -> Layout:
@@ -104,10 +105,12 @@ class Algorithm(Protocol):
     def model(self, server: Any) -> torch.Tensor: ...
 
 
-def weighted_mean(uplinks: list[Uplink], layout: Layout) -> torch.Tensor:
-    """sum_i n_i decode(m_i) / sum_i n_i over the uplinks that arrived (FedAvg's average)."""
-    total = sum(u.weight for u in uplinks)
+def weighted_mean(uplinks: list[Uplink], layout: Layout, weighting: str = "samples") -> torch.Tensor:
+    """sum_i p_i decode(m_i) over the uplinks that arrived: p_i = n_i / sum n (FedAvg's
+    "samples" weighting) or 1 / |S| ("uniform", FLARE's and EF21's unweighted mean)."""
+    weights = [u.weight if weighting == "samples" else 1.0 for u in uplinks]
+    total = sum(weights)
     out = torch.zeros(layout.numel)
-    for u in uplinks:
-        out.add_(u.message.expand(layout), alpha=u.weight / total)
+    for u, w in zip(uplinks, weights, strict=True):
+        out.add_(u.message.expand(layout), alpha=w / total)
     return out

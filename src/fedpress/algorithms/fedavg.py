@@ -28,6 +28,14 @@ class ServerState:
     momentum: torch.Tensor | None = None  # (d,) FedAvgM buffer m
 
 
+def server_step(server: ServerState, mean: torch.Tensor, lr: float, momentum: float) -> ServerState:
+    """x <- x + eta_s * mean, or with FedAvgM (spec §1.10): m <- beta_s m + mean; x <- x + eta_s m."""
+    if server.momentum is None:
+        return replace(server, x=server.x + lr * mean)
+    m = momentum * server.momentum + mean
+    return ServerState(x=server.x + lr * m, momentum=m)
+
+
 def prox_penalty(anchor: torch.Tensor, mu: float):
     """FedProx (spec §1.10): (mu/2) ||w - x_t||^2 on the parameters, x_t the received model."""
 
@@ -44,6 +52,7 @@ class FedAvg:
     server_lr: float = 1.0
     server_momentum: float = 0.0
     prox_mu: float = 0.0
+    weighting: str = "samples"  # "samples": n_i / n ; "uniform": 1 / |S|
     name: str = "fedavg"
 
     def init_server(self, x0: torch.Tensor, layout: Layout) -> ServerState:
@@ -68,11 +77,8 @@ class FedAvg:
     def aggregate(self, server: ServerState, uplinks: list[Uplink], ctx: RoundContext) -> ServerState:
         if not uplinks:
             return server
-        mean = weighted_mean(uplinks, ctx.layout)  # (d,) average decoded update
-        if server.momentum is None:
-            return replace(server, x=server.x + self.server_lr * mean)
-        m = self.server_momentum * server.momentum + mean  # FedAvgM: m <- beta m + mean
-        return ServerState(x=server.x + self.server_lr * m, momentum=m)
+        return server_step(server, weighted_mean(uplinks, ctx.layout, self.weighting), self.server_lr,
+                           self.server_momentum)
 
     def model(self, server: ServerState) -> torch.Tensor:
         return server.x

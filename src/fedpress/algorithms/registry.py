@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedpress.algorithms.fedavg import FedAvg
+from fedpress.algorithms.fedsparq import FedSparQ
+from fedpress.algorithms.flare import EF21, FLARE, flare_uplink
 from fedpress.compress import (
     Codec,
     bf16,
@@ -124,6 +126,69 @@ REGISTRY: dict[str, AlgorithmSpec] = {
 }
 
 
+def _pick(p: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: p[k] for k in keys}
+
+
+def _bool(doc: str, default: bool = False) -> Param:
+    return Param(default, doc, choices=(False, True))
+
+
+FEDSPARQ_PARAMS = {
+    "beta": Param(0.9, "EMA factor of the per-tensor threshold", check=lambda v: 0 <= v < 1, rule="in [0, 1)"),
+    "statistic": Param("mean_abs", "per-tensor statistic fed to the EMA",
+                       choices=("mean_abs", "rms", "std", "max_abs")),
+    "factor": Param(1.0, "keep |u| >= factor * tau", check=_positive, rule="> 0"),
+    "values": Param("fp16", "precision of the kept values", choices=("fp16", "fp32")),
+    "error_feedback": _bool("keep the residual e_i (ablation: False)", True),
+    "selection": Param("ema", "ema threshold | static threshold tau | random at the EMA's density",
+                       choices=("ema", "static", "random")),
+    "tau": Param(1e-3, "the static threshold (selection = static)", check=_nonneg, rule=">= 0"),
+    "residual": Param("full", "what e_i keeps: everything not delivered, or only the fp16 error of kept values",
+                      choices=("full", "quantization_only")),
+    "ema_init": Param("first", "EMA starts at the first statistic, or at 0", choices=("first", "zero")),
+    "statistic_of": Param("update_plus_residual", "the statistic is taken of u = delta + e, or of delta",
+                          choices=("update_plus_residual", "update")),
+    "strict": _bool("keep |u| > tau instead of >="),
+    "prox_mu": Param(0.01, "FedProx coefficient mu (ablation: 0)", check=_nonneg, rule=">= 0"),
+    "server_momentum": Param(0.9, "server momentum beta_s (ablation: 0)", check=_momentum, rule="in [0, 1)"),
+    "server_lr": Param(1.0, "server learning rate eta_s", check=_positive, rule="> 0"),
+}
+KEEP_PERCENT = {
+    "keep_percent": Param(0.001, "R: percent of each tensor's entries kept (0.001 = 1e-5 of them)",
+                          check=lambda v: 0 < v <= 100, rule="in (0, 100]"),
+    "compat": _bool("FLARE reference code: 'k+1 per tensor' selection (and momentum reset at step p)"),
+    "server_lr": Param(1.0, "server learning rate", check=_positive, rule="> 0"),
+}
+FLARE_PARAMS = {
+    **KEEP_PERCENT,
+    "tau0": Param(0.05, "regulariser weight tau0 (0: EC)", check=_nonneg, rule=">= 0"),
+    "c": Param(1.1, "decay: tau_r = tau0 / c^(r+1)", check=lambda v: v >= 1, rule=">= 1"),
+    "p": Param(1, "regularised local steps per round", check=_nonneg, rule=">= 0"),
+    "t": Param(50.0, "mask percentile of |e| per tensor", check=lambda v: 0 <= v <= 100, rule="in [0, 100]"),
+    "penalty": Param("l1", "distance of the regulariser", choices=("l1", "l2")),
+}
+REGISTRY.update({
+    "fedsparq": AlgorithmSpec(
+        "FedSparQ: per-tensor EMA thresholds, fp16 values, error feedback, FedProx, server momentum",
+        FEDSPARQ_PARAMS, lambda n, p: FedSparQ(**p, name=n)),
+    "flare": AlgorithmSpec(
+        "FLARE: per-tensor top-k with accumulated error, regularised toward w + e for the first p steps",
+        FLARE_PARAMS, lambda n, p: FLARE(**p, name=n)),
+    "ec": AlgorithmSpec(
+        "EC: per-tensor top-k with error accumulation, unweighted mean (FLARE's baseline, FLARE with tau0 = 0)",
+        KEEP_PERCENT,
+        lambda n, p: FedAvg(uplink=flare_uplink(p["keep_percent"], p["compat"]), server_lr=p["server_lr"],
+                            weighting="uniform", name=n)),
+    "ec_prox": AlgorithmSpec(
+        "EC + FedProx-style penalty tau_r ||y - w||^2 on all local steps (FLARE's second baseline)",
+        {k: v for k, v in FLARE_PARAMS.items() if k not in ("p", "t", "penalty")},
+        lambda n, p: FLARE(**p, regularizer="prox", name=n)),
+    "ef21": AlgorithmSpec("EF21 with per-tensor top-k (FLARE's third baseline)", KEEP_PERCENT,
+                          lambda n, p: EF21(**p, name=n)),
+})
+
+
 def list_algorithms() -> list[str]:
     return sorted(REGISTRY)
 
@@ -140,15 +205,19 @@ def resolve_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for key, param in spec.items():
         value = params.get(key, param.default)
-        if isinstance(param.default, bool) != isinstance(value, bool) or (
-            isinstance(param.default, int | float) and not isinstance(value, int | float)
-        ) or (isinstance(param.default, str) and not isinstance(value, str)):
+        wrong = (
+            isinstance(param.default, bool) != isinstance(value, bool)
+            or (isinstance(param.default, float) and not isinstance(value, int | float))
+            or (type(param.default) is int and type(value) is not int)
+            or (isinstance(param.default, str) and not isinstance(value, str))
+        )
+        if wrong:
             raise ConfigError(f"algorithm.{key} = {value!r} must be a {type(param.default).__name__} ({param.doc})")
         if param.choices is not None and value not in param.choices:
             raise ConfigError(f"algorithm.{key} = {value!r} is not allowed; allowed: {list(param.choices)}")
         if param.check is not None and not param.check(value):
             raise ConfigError(f"algorithm.{key} = {value!r} must be {param.rule} ({param.doc})")
-        out[key] = value
+        out[key] = float(value) if isinstance(param.default, float) else value
     return out
 
 

@@ -7,7 +7,7 @@ fewer bits; wrap one in `error_feedback` to keep what was dropped for later.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -72,16 +72,35 @@ def top_k_indices(a: torch.Tensor, k: int) -> torch.Tensor:
     return above.nonzero().squeeze(1)
 
 
-def top_k(ratio: float | None = None, *, k: int | None = None, scope: str = "global") -> Codec:
+def flare_indices(a: torch.Tensor, ratio: float) -> torch.Tensor:
+    """FLARE's reference selection (spec §1.2): k = round(size * ratio), threshold = the
+    (k+2)-th largest |x|, keep the entries strictly above it: k + 1 entries when there are
+    no ties, at least one per tensor however small the ratio."""
+    n = a.numel()
+    k = round(n * ratio)
+    if k + 2 > n:
+        return torch.arange(n)
+    return (a > kth_largest(a, k + 2)).nonzero().squeeze(1)
+
+
+def top_k(ratio: float | None = None, *, k: int | None = None, scope: str = "global",
+          compat: str | None = None) -> Codec:
     """Keep the k coordinates of largest magnitude: over the whole vector (scope="global")
     or k_t = max(1, ceil(ratio * d_t)) in every tensor of the layout (scope="tensor").
+    compat="flare" reproduces the FLARE reference code's per-tensor rule (`flare_indices`).
 
     Contraction: ||x - C(x)||^2 <= (1 - k/d) ||x||^2; per tensor, with min_t k_t / d_t.
     """
     check_ratio("top_k", ratio, k)
     if scope not in ("global", "tensor"):
         raise ValueError(f"top_k: scope must be 'global' or 'tensor', got {scope!r}")
-    name = f"top_k({ratio if k is None else f'k={k}'}{', per tensor' if scope == 'tensor' else ''})"
+    if compat not in (None, "flare") or (compat == "flare" and (scope != "tensor" or ratio is None)):
+        raise ValueError("top_k: compat='flare' is the reference FLARE rule: per tensor, with a ratio")
+    name = f"top_k({ratio if k is None else f'k={k}'}{', per tensor' if scope == 'tensor' else ''}" \
+           f"{', flare rule' if compat else ''})"
+
+    def select(a: torch.Tensor, n: int) -> torch.Tensor:
+        return flare_indices(a, ratio) if compat == "flare" else top_k_indices(a, count_for(n, ratio, k))
 
     def encode(x: torch.Tensor, layout: Layout, state, rng=None):
         check_input(x, layout, name)
@@ -89,9 +108,7 @@ def top_k(ratio: float | None = None, *, k: int | None = None, scope: str = "glo
         if scope == "global":
             idx = top_k_indices(a, count_for(x.numel(), ratio, k))
         else:
-            parts = [
-                top_k_indices(a[e.offset : e.stop], count_for(e.numel, ratio, k)) + e.offset for e in layout
-            ]
+            parts = [select(a[e.offset : e.stop], e.numel) + e.offset for e in layout]
             idx = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
         return sparse_message(x, idx), state
 
@@ -100,7 +117,8 @@ def top_k(ratio: float | None = None, *, k: int | None = None, scope: str = "glo
             return count_for(layout.numel, ratio, k) / max(layout.numel, 1)
         return min((count_for(e.numel, ratio, k) / e.numel for e in layout if e.numel), default=1.0)
 
-    return Codec(name, stateless, encode, Promises(contraction=contraction))
+    # With ties the FLARE rule may keep fewer than k + 1 entries, even none: no contraction.
+    return Codec(name, stateless, encode, Promises(contraction=None if compat else contraction))
 
 
 # ============================================================================ random-k
@@ -187,12 +205,40 @@ class EMAThresholdState:
     seen: torch.Tensor  # (T,) int64
 
 
-def ema_threshold(beta: float = 0.9, statistic: str = "mean_abs", factor: float = 1.0) -> Codec:
+def tensor_statistics(x: torch.Tensor, layout: Layout, statistic: str) -> torch.Tensor:
+    """statistic(x_l) for every tensor l of the layout, shape (T,); 0 for empty tensors."""
+    stat = STATISTICS[statistic]
+    return torch.stack([stat(x[e.offset : e.stop]) if e.numel else torch.tensor(0.0) for e in layout]) \
+        if len(layout) else torch.zeros(0)
+
+
+def ema_update(state: EMAThresholdState, m: torch.Tensor, beta: float, init: str = "first") -> EMAThresholdState:
+    """tau <- beta tau + (1 - beta) m per tensor; the first time tau = m (init="first") or the
+    EMA starts from 0 (init="zero", as a third-party FedSparQ re-implementation does)."""
+    smoothed = beta * state.tau + (1 - beta) * m
+    first = (state.seen == 0) & torch.tensor(init == "first")
+    return EMAThresholdState(torch.where(first, m, smoothed), state.seen + 1)
+
+
+def threshold_indices(x: torch.Tensor, layout: Layout, thresholds: torch.Tensor, strict: bool = False) -> torch.Tensor:
+    """Sorted coordinates with |x_j| >= tau_l (> if strict) in their tensor l, never zeros."""
+    a, parts = x.abs(), []
+    for t, e in enumerate(layout):
+        if e.numel == 0:
+            continue
+        v = a[e.offset : e.stop]
+        keep = (v > thresholds[t]) if strict else ((v >= thresholds[t]) & (v > 0))
+        parts.append(keep.nonzero().squeeze(1) + e.offset)
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
+
+
+def ema_threshold(beta: float = 0.9, statistic: str = "mean_abs", factor: float = 1.0, *,
+                  init: str = "first", strict: bool = False) -> Codec:
     """FedSparQ's selector (spec §2.2 step 4): a per-tensor threshold smoothed over rounds.
 
     For every tensor l of the layout:  m_l = statistic(u_l);
         tau_l <- beta * tau_l + (1 - beta) * m_l   (tau_l = m_l the first time)
-        keep  { j : |u_lj| >= factor * tau_l, u_lj != 0 }
+        keep  { j : |u_lj| >= factor * tau_l, u_lj != 0 }   (> with strict=True)
     The thresholds are the codec's state, returned by encode, kept by the caller.
     """
     if not 0 <= beta < 1:
@@ -201,25 +247,17 @@ def ema_threshold(beta: float = 0.9, statistic: str = "mean_abs", factor: float 
         raise ValueError(f"ema_threshold: statistic must be one of {sorted(STATISTICS)}, got {statistic!r}")
     if not factor > 0:
         raise ValueError(f"ema_threshold: factor must be > 0, got {factor}")
-    stat = STATISTICS[statistic]
+    if init not in ("first", "zero"):
+        raise ValueError(f"ema_threshold: init must be 'first' or 'zero', got {init!r}")
     name = f"ema_threshold(beta={beta}, {statistic}, factor={factor})"
 
-    def init(layout: Layout) -> EMAThresholdState:
+    def init_state(layout: Layout) -> EMAThresholdState:
         return EMAThresholdState(torch.zeros(len(layout)), torch.zeros(len(layout), dtype=torch.int64))
 
     def encode(x: torch.Tensor, layout: Layout, state: EMAThresholdState, rng=None):
         check_input(x, layout, name)
-        tau, seen, parts = state.tau.clone(), state.seen.clone(), []
-        for t, e in enumerate(layout):
-            if e.numel == 0:
-                continue
-            u = x[e.offset : e.stop]
-            m = stat(u)
-            tau[t] = m if seen[t] == 0 else beta * tau[t] + (1 - beta) * m
-            seen[t] += 1
-            a = u.abs()
-            parts.append(((a >= factor * tau[t]) & (a > 0)).nonzero().squeeze(1) + e.offset)
-        idx = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
-        return sparse_message(x, idx), replace(state, tau=tau, seen=seen)
+        state = ema_update(state, tensor_statistics(x, layout, statistic), beta, init)
+        idx = threshold_indices(x, layout, factor * state.tau, strict)
+        return sparse_message(x, idx), state
 
-    return Codec(name, init, encode, Promises())
+    return Codec(name, init_state, encode, Promises())

@@ -22,7 +22,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,8 @@ from fedpress.sim.transport import dense_frame_bytes, send
 from fedpress.wire import Reason, WireError
 
 METRIC_COLUMNS = [
-    "round", "wall_seconds", "test_accuracy", "test_loss", "train_loss", "clients", "rejected",
+    "round", "wall_seconds", "test_accuracy", "test_loss", "train_loss", "clients", "rejected", "uplink_values",
+    "density",
     "uplink_bytes", "downlink_bytes", "downlink_broadcast_bytes", "dense_uplink_bytes", "dense_downlink_bytes",
     "cum_uplink_bytes", "cum_downlink_bytes", "cum_downlink_broadcast_bytes", "cum_dense_uplink_bytes",
     "cum_dense_downlink_bytes",
@@ -62,7 +63,7 @@ class Experiment:
 
 
 def setup(cfg: Config) -> Experiment:
-    ds = load(cfg.data.dataset)
+    ds = load(cfg.data.dataset, normalize=cfg.data.normalize)
     try:
         parts = partition(cfg.data.partition, ds.y_train, cfg.data.num_clients,
                           derive_numpy(cfg.seed, "partition"), **cfg.data.params)
@@ -87,6 +88,7 @@ class Progress:
     clients: dict[int, Any]  # the client store: only clients that have state
     ledger: Ledger
     rows: list[dict]
+    density: list[list[float]] = field(default_factory=list)  # per round: kept fraction of each tensor
 
 
 def sample_clients(cfg: Config, round_: int) -> tuple[int, ...]:
@@ -100,7 +102,7 @@ def run_round(exp: Experiment, p: Progress, executor, t: int) -> dict:
     cfg, alg, model, layout = exp.config, exp.algorithm, exp.model, exp.model.layout
     started = time.perf_counter()
     sampled = sample_clients(cfg, t)
-    rctx = RoundContext(t, cfg.seed, sampled, model)
+    rctx = RoundContext(t, cfg.seed, sampled, model, cfg.data.num_clients)
 
     down, server = alg.broadcast(p.server, rctx)
     if isinstance(down, dict):  # one message per client
@@ -138,9 +140,14 @@ def run_round(exp: Experiment, p: Progress, executor, t: int) -> dict:
         losses.append(result.loss)
     p.server = alg.aggregate(server, uplinks, rctx)
 
+    kept = kept_per_tensor(uplinks, layout)  # (T,) values sent per tensor, summed over clients
+    sizes = torch.tensor([e.numel for e in layout], dtype=torch.float64) * max(len(uplinks), 1)
+    p.density.append((kept / sizes.clamp(min=1)).tolist())
     row: dict[str, Any] = {"round": t + 1, "test_accuracy": "", "test_loss": "",
                            "train_loss": sum(losses) / len(losses) if losses else "",
-                           "clients": len(uplinks), "rejected": rejected, **p.ledger.round_totals(t)}
+                           "clients": len(uplinks), "rejected": rejected, "uplink_values": int(kept.sum()),
+                           "density": float(kept.sum() / sizes.sum()) if uplinks else "",
+                           **p.ledger.round_totals(t)}
     if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
         acc, loss = evaluate(model, alg.model(p.server), exp.dataset.x_test, exp.dataset.y_test)
         row.update(test_accuracy=acc, test_loss=loss)
@@ -152,6 +159,19 @@ def run_round(exp: Experiment, p: Progress, executor, t: int) -> dict:
     p.round = t + 1
     p.rows.append(row)
     return row
+
+
+def kept_per_tensor(uplinks: list[Uplink], layout) -> torch.Tensor:
+    """How many values the uplinks carried for each tensor of the layout, shape (T,)."""
+    counts = torch.zeros(len(layout), dtype=torch.float64)
+    offsets = layout.offsets()
+    for u in uplinks:
+        coords = u.message.coordinates()
+        if coords is None:
+            counts += torch.tensor([e.numel for e in layout], dtype=torch.float64)
+        else:
+            counts += torch.searchsorted(coords, offsets).diff().to(torch.float64)
+    return counts
 
 
 def run(
@@ -215,8 +235,8 @@ def _postfix(rows: list[dict]) -> str:
 
 def _save_checkpoint(p: Progress, path: Path) -> None:
     state_io.save({"round": p.round, "server": p.server, "clients": p.clients, "dense_bytes": p.ledger.dense_bytes,
-                   "ledger": p.ledger.to_rows(), "rows": [{k: _plain(v) for k, v in r.items()} for r in p.rows]},
-                  path)
+                   "ledger": p.ledger.to_rows(), "rows": [{k: _plain(v) for k, v in r.items()} for r in p.rows],
+                   "density": p.density}, path)
 
 
 def _plain(v):
@@ -225,7 +245,8 @@ def _plain(v):
 
 def _load_checkpoint(path: Path) -> Progress:
     d = state_io.load(path)
-    return Progress(d["round"], d["server"], d["clients"], Ledger.from_rows(d["dense_bytes"], d["ledger"]), d["rows"])
+    return Progress(d["round"], d["server"], d["clients"], Ledger.from_rows(d["dense_bytes"], d["ledger"]), d["rows"],
+                    d["density"])
 
 
 def write_metrics(rows: list[dict], path: Path) -> None:
@@ -243,6 +264,10 @@ def write_outputs(exp: Experiment, p: Progress, out_dir: Path) -> dict:
         writer = csv.writer(f)
         writer.writerow(["round", "direction", "client", "bytes", "receivers"])
         writer.writerows(p.ledger.to_rows())
+    with open(out_dir / "density.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["round", *exp.model.layout.names])
+        writer.writerows([[i + 1, *(f"{v:.6g}" for v in d)] for i, d in enumerate(p.density)])
     accs = [r["test_accuracy"] for r in rows if r["test_accuracy"] != ""]
     last = rows[-1]
     summary = {
@@ -262,6 +287,7 @@ def write_outputs(exp: Experiment, p: Progress, out_dir: Path) -> dict:
         "uplink_compression": last["cum_dense_uplink_bytes"] / max(last["cum_uplink_bytes"], 1),
         "total_compression": (last["cum_dense_uplink_bytes"] + last["cum_dense_downlink_bytes"])
         / max(last["cum_uplink_bytes"] + last["cum_downlink_bytes"], 1),
+        "uplink_values": sum(r["uplink_values"] for r in rows),
         "rejected_updates": sum(r["rejected"] for r in rows),
         "wall_seconds": sum(r["wall_seconds"] for r in rows),
     }
