@@ -27,6 +27,7 @@ if __name__ == "__main__":
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--target", type=float, default=0.95)
     ap.add_argument("--out", default="runs/study_fedsparq")
+    ap.add_argument("--report-only", action="store_true", help="only write the tables of finished runs")
     args = ap.parse_args()
     settings = {f"{ds}_alpha{a}": [f"data.dataset={ds}", f"data.alpha={a}", f"rounds={args.rounds}"]
                 for ds in ("mnist", "fashion_mnist") for a in ("0.5", "0.1")}
@@ -35,5 +36,5 @@ if __name__ == "__main__":
     for ds, target in (("mnist", args.target), ("fashion_mnist", args.target - 0.2)):
         chosen = {k: v for k, v in settings.items() if k.startswith(ds + "_")}
         text += run_grid("configs/fedsparq/mnist.toml", chosen, VARIANTS, Path(args.out), target,
-                         Path("docs/figures/fedsparq"))
+                         Path("docs/figures/fedsparq"), args.report_only)
     print(text)

@@ -24,12 +24,13 @@ if __name__ == "__main__":
     ap.add_argument("--target", type=float, default=0.8)
     ap.add_argument("--out", default="runs/study_flare")
     ap.add_argument("--unavailable-variants", default="flare,ec,ef21,fedavg")
+    ap.add_argument("--report-only", action="store_true", help="only write the tables of finished runs")
     args = ap.parse_args()
     rounds = [f"rounds={args.rounds}"]
     text = run_grid("configs/flare/mnist_cnn.toml", {"flare_mnist_cnn_all10": rounds}, VARIANTS,
-                    Path(args.out), args.target, Path("docs/figures/flare"))
+                    Path(args.out), args.target, Path("docs/figures/flare"), args.report_only)
     few = {k: VARIANTS[k] for k in args.unavailable_variants.split(",")}
     settings = {f"flare_mnist_cnn_{m}of10": [*rounds, f"clients_per_round={m}"] for m in (7, 5, 3)}
     text += run_grid("configs/flare/mnist_cnn.toml", settings, few, Path(args.out), args.target,
-                     Path("docs/figures/flare"))
+                     Path("docs/figures/flare"), args.report_only)
     print(text)

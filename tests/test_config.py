@@ -31,6 +31,9 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     ({"model": {"name": "mlp", "depth": 3}}, "model.depth is not an option of model 'mlp'"),
     ({"train": {"lr": -1.0}}, "train.lr = -1.0 must be > 0"),
     ({"train": {"lr_schedule": "warmup"}}, "train.lr_schedule = 'warmup'; allowed"),
+    ({"train": {"lr_gamma": -0.5}}, "train.lr_gamma = -0.5 must be > 0"),
+    ({"train": {"lr_min": 1.0}}, r"train.lr_min = 1.0 must be in \[0, train.lr\]"),
+    ({"data": 5}, r"\[data\] must be a table"),
     ({"algorithm": {"name": "fedsgd"}}, "algorithm.name = 'fedsgd'; allowed"),
     ({"algorithm": {"name": "topk", "ratio": 2.0}}, r"algorithm.ratio = 2.0 must be in \(0, 1\]"),
     ({"algorithm": {"name": "topk", "precision": "fp8"}}, "algorithm.precision = 'fp8' is not allowed"),
@@ -40,7 +43,7 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
 def test_bad_configs_name_the_key_and_what_is_allowed(change, message):
     raw = base()
     for key, value in change.items():
-        if key == "data" and "dataset" not in value:
+        if key == "data" and isinstance(value, dict) and "dataset" not in value:
             raw[key] = {"dataset": "mnist", "num_clients": 20, **value}
         elif key in ("model", "algorithm", "data"):
             raw[key] = value  # a new table replaces the old one
@@ -82,7 +85,8 @@ def test_learning_rate_schedules():
     assert TrainConfig(lr=0.1, lr_schedule="exponential", lr_gamma=0.5).lr_at(3, 100) == pytest.approx(0.0125)
     assert TrainConfig(lr=0.1, lr_schedule="step", lr_gamma=0.1, lr_step=10).lr_at(25, 100) == pytest.approx(0.001)
     cos = TrainConfig(lr=0.1, lr_schedule="cosine", lr_min=0.01)
-    assert cos.lr_at(0, 100) == pytest.approx(0.1) and cos.lr_at(50, 100) == pytest.approx(0.055)
+    assert cos.lr_at(0, 101) == pytest.approx(0.1) and cos.lr_at(50, 101) == pytest.approx(0.055)
+    assert cos.lr_at(100, 101) == pytest.approx(0.01)  # reaches lr_min at the last round
 
 
 def test_shipped_configs_load():

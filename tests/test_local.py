@@ -58,17 +58,31 @@ def test_penalty_gradient_enters_the_step():
 
 
 def test_gradient_offset_is_added_to_every_step():
+    """Equals torch.optim.SGD with the offset added to every parameter's gradient (Scaffnew's -h_i)."""
     module, x, y = setup(widths=[8])
     fm = FlatModel.of(module)
-    x0 = fm.initial()
-    spec = TrainSpec(lr=0.1, batch_size=96, steps=3)
-    base = train(fm, LocalPlan(x0), x, y, spec, torch.Generator().manual_seed(0)).x
-    # an offset on the gradient changes the model; a huge opposite offset cancels nothing else
-    offset = torch.full((fm.num_params,), 0.5)
-    moved = train(fm, LocalPlan(x0, grad_offset=offset), x, y, spec, torch.Generator().manual_seed(0)).x
-    assert not torch.equal(base, moved)
-    linear_only = LocalPlan(x0, grad_offset=offset, penalty=lambda w, s: 0.0 * w.sum())
-    assert torch.equal(moved, train(fm, linear_only, x, y, spec, torch.Generator().manual_seed(0)).x)
+    offset = torch.randn(fm.num_params, generator=torch.Generator().manual_seed(9))
+    spec = TrainSpec(lr=0.1, batch_size=16, steps=4, momentum=0.5)
+    ours = train(fm, LocalPlan(fm.initial(), grad_offset=offset), x, y, spec, torch.Generator().manual_seed(5)).x
+    ref = build_model("mlp", (1, 4, 4), 3, torch.Generator().manual_seed(1), widths=[8])
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.5)
+    pieces = fm.param_layout.unflatten(offset)
+    g = torch.Generator().manual_seed(5)
+    torch.randint(0, 2**62, (1,), generator=g)
+    for idx in batches(96, 16, 4, g):
+        opt.zero_grad()
+        F.cross_entropy(ref(x[idx]), y[idx]).backward()
+        for name, p in ref.named_parameters():
+            p.grad += pieces[name]
+        opt.step()
+    assert torch.equal(ours, fm.layout.flatten(dict(ref.named_parameters())))
+
+
+def test_zero_steps_return_the_start_point():
+    module, x, y = setup(widths=[8])
+    fm = FlatModel.of(module)
+    out = train(fm, LocalPlan(fm.initial(), steps=0), x, y, TrainSpec(), torch.Generator().manual_seed(0))
+    assert torch.equal(out.x, fm.initial()) and out.steps == 0
 
 
 def test_grad_at_takes_gradients_at_another_point():

@@ -67,7 +67,7 @@ class TrainConfig:
         if self.lr_schedule == "step":
             return self.lr * self.lr_gamma ** (round_ // self.lr_step)
         if self.lr_schedule == "cosine":
-            return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1 + math.cos(math.pi * round_ / max(rounds, 1)))
+            return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1 + math.cos(math.pi * round_ / max(rounds - 1, 1)))
         return self.lr
 
 
@@ -141,9 +141,11 @@ def _require(ok: bool, message: str) -> None:
 
 def from_dict(raw: Mapping[str, Any]) -> Config:
     raw = dict(raw)
-    tables = {name: dict(raw.pop(name, {})) for name in ("data", "model", "train", "algorithm")}
-    for name, table in tables.items():
-        _require(isinstance(table, dict), f"[{name}] must be a table")
+    tables = {}
+    for name in ("data", "model", "train", "algorithm"):
+        table = raw.pop(name, {})
+        _require(isinstance(table, dict), f"[{name}] must be a table, got {table!r}")
+        tables[name] = dict(table)
     top = _fixed(Config, raw, "")
     cfg = Config(**top)
     _require(cfg.rounds >= 1, f"rounds = {cfg.rounds} must be >= 1")
@@ -206,6 +208,8 @@ def _train(table: dict) -> TrainConfig:
     _require(t.weight_decay >= 0, "train.weight_decay must be >= 0")
     _require(t.lr_schedule in LR_SCHEDULES, f"train.lr_schedule = {t.lr_schedule!r}; allowed: {list(LR_SCHEDULES)}")
     _require(t.lr_step >= 1, "train.lr_step must be >= 1")
+    _require(t.lr_gamma > 0, f"train.lr_gamma = {t.lr_gamma} must be > 0")
+    _require(0 <= t.lr_min <= t.lr, f"train.lr_min = {t.lr_min} must be in [0, train.lr]")
     return t
 
 

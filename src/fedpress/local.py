@@ -58,6 +58,11 @@ class FlatModel:
         state.update({n: b for n, b in self.module.named_buffers() if b.dtype.is_floating_point})
         return self.layout.flatten(state)
 
+    def counters(self) -> dict[str, torch.Tensor]:
+        """Fresh zeros for the integer buffers (BatchNorm's num_batches_tracked): bound per
+        client, so no count leaks from one client's training into the next through the module."""
+        return {n: torch.zeros_like(b) for n, b in self.module.named_buffers() if not b.dtype.is_floating_point}
+
     def tensors(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named views into a flat state, for functional_call."""
         P = self.num_params
@@ -146,7 +151,8 @@ def train(
 ) -> LocalResult:
     """Minibatch SGD (momentum, weight decay, plan hooks) on one client's data, from plan.x0."""
     n = targets.numel()
-    if n == 0:
+    steps = num_steps(n, spec, plan)
+    if n == 0 or steps == 0:
         return LocalResult(plan.x0.clone(), 0, float("nan"))
     P = model.num_params
     names = model.param_layout.names
@@ -155,11 +161,11 @@ def train(
     # scatter into a fresh (P,) buffer). The flat vector is rebuilt once at the end.
     params = [t.clone().requires_grad_(True) for t in model.param_layout.unflatten(plan.x0[:P]).values()]
     buffers = plan.x0[P:].clone()  # (B,) BatchNorm updates it in place in train mode
-    state = {**dict(zip(names, params, strict=True)), **model.buffer_layout.unflatten(buffers)}
+    state = {**dict(zip(names, params, strict=True)), **model.buffer_layout.unflatten(buffers),
+             **model.counters()}
     offset = None if plan.grad_offset is None else list(model.param_layout.unflatten(plan.grad_offset).values())
     velocity = [torch.zeros_like(p) for p in params] if spec.momentum else None
     lr = spec.lr if plan.lr is None else plan.lr
-    steps = num_steps(n, spec, plan)
     total = torch.zeros(())
     model.module.train()
     # Dropout and other in-model randomness draw from torch's global generator: seed it

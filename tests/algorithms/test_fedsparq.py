@@ -85,7 +85,14 @@ def test_statistic_of_update_ignores_the_residual():
 
 
 def test_fedprox_term_and_dense_downlink():
+    from fedpress.algorithms import RoundContext
+    from tests.algorithms.helpers import MODEL
+
     alg = build("fedsparq", {"prox_mu": 0.5})
+    server = alg.init_server(torch.arange(D, dtype=torch.float32), LAYOUT)
+    msg, _ = alg.broadcast(server, RoundContext(0, 0, (0,), MODEL, 1))
+    assert msg.indices is None and msg.seed is None and msg.values.data.dtype == torch.float32
+    assert torch.equal(msg.expand(LAYOUT), server.x)
     plan = alg.client_begin(alg.init_client(LAYOUT), torch.ones(D), ctx())
     w = torch.full((LAYOUT.numel,), 3.0)
     assert float(plan.penalty(w, 0)) == 0.25 * 4.0 * D  # (mu/2) ||w - x||^2

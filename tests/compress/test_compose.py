@@ -55,6 +55,11 @@ def test_chain_keeps_per_tensor_quantization_after_selection():
     assert msg.values.scales.numel() == 2  # conv and fc weights; the biases travel as fp32
 
 
+def test_only_the_first_codec_may_keep_state():
+    with pytest.raises(ValueError, match="keeps state"):
+        chain(top_k(0.5), error_feedback(fp16()))
+
+
 def test_only_the_first_codec_may_select():
     codec = chain(fp16(), top_k(0.1))
     with pytest.raises(ValueError, match="only the first codec may select"):

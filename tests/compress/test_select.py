@@ -65,6 +65,8 @@ def test_top_k_count_rule_is_max_one_ceil_ratio_d():
     msg, _ = top_k(0.01, scope="tensor").encode(x, layout, None)
     counts = [((msg.indices >= e.offset) & (msg.indices < e.stop)).sum().item() for e in layout]
     assert counts == [10, 1, 1]
+    hundred = Layout.flat(100)
+    assert top_k(0.07).encode(torch.randn(100), hundred, None)[0].n == 7  # not ceil(7.000000000000001)
 
 
 def test_top_k_contraction_is_tight_on_equal_magnitudes():

@@ -32,6 +32,28 @@ def test_flare_with_tau0_zero_equals_ec_bit_for_bit(synthetic, tmp_path):
     assert torch.equal(*models)
 
 
+def test_fedsparq_defaults_equal_the_codec_composition_bit_for_bit(synthetic):
+    """FedSparQ's written-out client step (spec §2.2) = FedAvg with
+    error_feedback(chain(ema_threshold, fp16)), FedProx 0.01 and server momentum 0.9."""
+    from fedpress.algorithms import FedAvg
+    from fedpress.compress import chain, ema_threshold, error_feedback, fp16
+    from fedpress.sim.rounds import run_round
+
+    cfg = tiny_config(**{"algorithm.name": "fedsparq", "rounds": 3})
+    models = []
+    for composed in (False, True):
+        exp = setup(cfg)
+        if composed:
+            alg = FedAvg(uplink=error_feedback(chain(ema_threshold(0.9, "mean_abs", 1.0), fp16())), prox_mu=0.01,
+                         server_momentum=0.9)
+            exp = type(exp)(exp.config, exp.dataset, exp.parts, exp.model, alg, exp.x0)
+        p = fresh_progress(exp)
+        for t in range(3):
+            run_round(exp, p, Sequential(), t)
+        models.append(exp.algorithm.model(p.server))
+    assert torch.equal(*models)
+
+
 def test_flare_differs_from_ec_once_the_accumulator_is_nonzero(synthetic, tmp_path):
     common = {"algorithm.keep_percent": 5.0, "rounds": 3}
     run(tiny_config(**{"algorithm.name": "flare", "algorithm.tau0": 5.0, "algorithm.c": 1.0, **common}),

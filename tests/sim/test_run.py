@@ -81,6 +81,8 @@ def test_resume_after_a_kill_ends_with_identical_numbers(synthetic, tmp_path):
     assert (tmp_path / "resumed" / "checkpoint.pt").exists()
     resumed = run(cfg, tmp_path / "resumed", progress=False, resume=True)
     assert rows(tmp_path / "full" / "metrics.csv") == rows(tmp_path / "resumed" / "metrics.csv")
+    for name in ("ledger.csv", "density.csv"):
+        assert (tmp_path / "full" / name).read_text() == (tmp_path / "resumed" / name).read_text()
     drop = {"wall_seconds"}
     assert {k: v for k, v in full.items() if k not in drop} == {k: v for k, v in resumed.items() if k not in drop}
 

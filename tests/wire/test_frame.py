@@ -168,6 +168,14 @@ def test_bad_parameter():
     raises(Reason.BAD_PARAMETER, frame(0, 5, bad_scale))
 
 
+def test_bad_parameter_bounds_what_a_receiver_must_allocate():
+    # a bucket longer than the 6 values would make the receiver expand norms to 2^32 entries
+    raises(Reason.BAD_PARAMETER, frame(0, 3, [struct.pack("<HI", 2, 2**32 - 1), f32(1.0), bytes(3)]))
+    # a finite fp64 scale that overflows fp32 once multiplied by a code
+    huge = [struct.pack("<BB", 8, 0), struct.pack("<d", 1e300), struct.pack("<i", 0), bytes(4), f32(1.0, 2.0)]
+    raises(Reason.BAD_PARAMETER, frame(0, 5, huge))
+
+
 def test_symbol_out_of_range():
     # levels 2 -> codes in 0..4 over 3 bits; code 7 is not a symbol
     stream = (7 | sum(2 << (3 * i) for i in range(1, 6))).to_bytes(3, "little")
@@ -190,6 +198,11 @@ def test_encoder_refuses_what_the_decoder_would():
     with pytest.raises(WireError) as e:
         encode(Message(D, Dense(X)), Layout.flat(7))
     assert e.value.reason is Reason.LAYOUT_MISMATCH
+    negative = Affine(torch.tensor([-1, 0, 0, 0], dtype=torch.int32), torch.tensor([0.1], dtype=torch.float64),
+                      torch.tensor([0], dtype=torch.int32), torch.zeros(2), bits=2)
+    with pytest.raises(WireError) as e:
+        encode(Message(D, negative), LAYOUT)
+    assert e.value.reason is Reason.SYMBOL_OUT_OF_RANGE
 
 
 def test_every_reason_has_a_test_here():

@@ -50,9 +50,15 @@ def test_within_ten_percent_of_the_information_theoretic_minimum(density):
 
 def test_enumerative_code_is_the_minimum_rounded_to_bytes():
     d, k = 10**6, 10
-    section = encode_indices(random_set(d, k), d)
-    assert section[0] & 7 == ENUM or len(section) - 1 <= math.ceil(math.log2(math.comb(d, k)) / 8)
-    assert len(section) - 1 <= math.ceil(math.log2(math.comb(d, k)) / 8)
+    idx = random_set(d, k)
+    assert _sizes(idx, d)[(ENUM, 0)] == math.ceil(math.log2(math.comb(d, k)) / 8)
+    np.testing.assert_array_equal(decode_indices(bytes([ENUM]) + _enum_body(idx, d), d, k), idx)
+    assert len(encode_indices(idx, d)) - 1 <= math.ceil(math.log2(math.comb(d, k)) / 8)
+
+
+def _enum_body(idx, d):
+    rank = sum(math.comb(int(c), i + 1) for i, c in enumerate(idx.tolist()))
+    return rank.to_bytes(math.ceil(math.log2(math.comb(d, idx.size)) / 8), "little")
 
 
 def _tag(method, param=0):

@@ -19,13 +19,18 @@ from fedpress.algorithms.base import ClientContext, RoundContext, Uplink, weight
 from fedpress.compress import Codec, fp32
 from fedpress.layout import Layout
 from fedpress.local import LocalPlan, LocalResult
-from fedpress.wire.message import Message
+from fedpress.wire.message import Dense, Message
 
 
 @dataclass(frozen=True)
 class ServerState:
     x: torch.Tensor  # (d,) global model: parameters then buffers
     momentum: torch.Tensor | None = None  # (d,) FedAvgM buffer m
+
+
+def dense_broadcast(server, ctx: RoundContext) -> tuple[Message, object]:
+    """The global model x as one dense fp32 message (FedSparQ's and FLARE's downlink)."""
+    return Message(ctx.layout.numel, Dense(server.x)), server
 
 
 def server_step(server: ServerState, mean: torch.Tensor, lr: float, momentum: float) -> ServerState:

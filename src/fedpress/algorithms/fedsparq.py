@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from fedpress.algorithms.base import ClientContext, RoundContext, Uplink, weighted_mean
-from fedpress.algorithms.fedavg import ServerState, prox_penalty, server_step
+from fedpress.algorithms.fedavg import ServerState, dense_broadcast, prox_penalty, server_step
 from fedpress.compress.select import (
     EMAThresholdState,
     ema_update,
@@ -72,8 +72,7 @@ class FedSparQ:
     def init_server(self, x0: torch.Tensor, layout: Layout) -> ServerState:
         return ServerState(x0.clone(), torch.zeros_like(x0) if self.server_momentum else None)
 
-    def broadcast(self, server: ServerState, ctx: RoundContext) -> tuple[Message, ServerState]:
-        return Message(ctx.layout.numel, Dense(server.x)), server  # step 1: dense fp32
+    broadcast = staticmethod(dense_broadcast)  # step 1: dense fp32
 
     def aggregate(self, server: ServerState, uplinks: list[Uplink], ctx: RoundContext) -> ServerState:
         if not uplinks:

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 import torch
 
 from fedpress.algorithms.base import ClientContext, RoundContext, Uplink, weighted_mean
-from fedpress.algorithms.fedavg import ServerState
+from fedpress.algorithms.fedavg import ServerState, dense_broadcast
 from fedpress.compress import Codec, error_feedback, top_k
 from fedpress.compress.compose import ErrorFeedbackState
 from fedpress.layout import Layout
 from fedpress.local import LocalPlan, LocalResult
-from fedpress.wire.message import Dense, Message
+from fedpress.wire.message import Message
 
 
 def tau_at(tau0: float, c: float, round_: int) -> float:
@@ -56,10 +56,6 @@ def flare_uplink(keep_percent: float, compat: bool) -> Codec:
     return error_feedback(top_k(keep_percent / 100, scope="tensor", compat="flare" if compat else None))
 
 
-def _dense_broadcast(server: ServerState, ctx: RoundContext) -> tuple[Message, ServerState]:
-    return Message(ctx.layout.numel, Dense(server.x)), server
-
-
 @dataclass(frozen=True)
 class FLARE:
     keep_percent: float = 0.001  # R: percent of each tensor's entries kept (0.001 = 1e-5 of them)
@@ -83,7 +79,7 @@ class FLARE:
     def init_client(self, layout: Layout) -> ErrorFeedbackState:
         return self.uplink.init(layout)
 
-    broadcast = staticmethod(_dense_broadcast)
+    broadcast = staticmethod(dense_broadcast)
 
     def client_begin(self, state: ErrorFeedbackState, received: torch.Tensor, ctx: ClientContext) -> LocalPlan:
         tau = tau_at(self.tau0, self.c, ctx.round)
@@ -156,8 +152,7 @@ class EF21:
     def init_client(self, layout: Layout) -> EF21Client:
         return EF21Client(torch.zeros(layout.numel))
 
-    def broadcast(self, server: EF21Server, ctx: RoundContext) -> tuple[Message, EF21Server]:
-        return Message(ctx.layout.numel, Dense(server.x)), server
+    broadcast = staticmethod(dense_broadcast)
 
     def client_begin(self, state: EF21Client, received: torch.Tensor, ctx: ClientContext) -> LocalPlan:
         return LocalPlan(x0=received)

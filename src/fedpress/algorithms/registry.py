@@ -119,7 +119,8 @@ REGISTRY: dict[str, AlgorithmSpec] = {
     "qsgd": AlgorithmSpec(
         "QSGD: stochastic quantization with s levels per sign and one norm per bucket",
         {"levels": Param(15, "levels per sign s", check=lambda v: 1 <= v <= 32767, rule="in [1, 32767]"),
-         "bucket": Param(512, "bucket size (0: one bucket for the whole vector)", check=_nonneg, rule=">= 0"),
+         "bucket": Param(512, "bucket size (0: one bucket for the whole vector)", check=lambda v: 0 <= v < 2**32,
+                         rule="in [0, 2^32)"),
          "elias": Param(False, "Elias-code the symbols (QSGD paper) instead of bit-packing", choices=(False, True)),
          **COMMON},
         lambda n, p: _fedavg(n, qsgd(p["levels"], p["bucket"] or None, elias=p["elias"]), p)),

@@ -94,7 +94,8 @@ def count_for(d: int, ratio: float | None, k: int | None) -> int:
         return 0
     if k is not None:
         return min(int(k), d)
-    return min(d, max(1, math.ceil(ratio * d)))
+    # round() first: 0.07 * 100 is 7.000000000000001 in floating point, whose ceil is 8
+    return min(d, max(1, math.ceil(round(ratio * d, 9))))
 
 
 def check_ratio(name: str, ratio: float | None, k: int | None) -> None:

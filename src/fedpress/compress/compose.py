@@ -28,12 +28,16 @@ def chain(*codecs: Codec) -> Codec:
     """
     if len(codecs) < 2:
         raise ValueError("chain: give at least two codecs")
+    probe = Layout.flat(1)
+    for c in codecs[1:]:
+        # A later codec sees a value layout that changes with every selection, so it could
+        # not keep per-coordinate state: only stateless codecs may follow the first.
+        if c.init(probe) is not None:
+            raise ValueError(f"chain: {c.name} keeps state; only the first codec of a chain may")
     name = " -> ".join(c.name for c in codecs)
 
     def init(layout: Layout) -> ChainState:
-        # Later codecs' states are made lazily from their value layout on first use; here we
-        # give them the full layout, which is what a dense codec's init needs.
-        return ChainState(tuple(c.init(layout) for c in codecs))
+        return ChainState((codecs[0].init(layout), *(None for _ in codecs[1:])))
 
     def encode(x: torch.Tensor, layout: Layout, state: ChainState, rng=None):
         check_input(x, layout, name)

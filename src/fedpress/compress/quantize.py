@@ -36,7 +36,7 @@ def qsgd(levels: int, bucket: int | None = None, *, elias: bool = False) -> Code
         check_input(x, layout, name)
         rng = need_rng(rng, name)
         n = x.numel()
-        b = int(bucket) if bucket else max(n, 1)
+        b = min(int(bucket), max(n, 1)) if bucket else max(n, 1)
         nb = -(-n // b)
         padded = torch.zeros(nb * b)
         padded[:n] = x

@@ -35,9 +35,20 @@ class Ledger:
             raise ValueError(f"ledger direction must be {UP!r} or {DOWN!r}, got {direction!r}")
         self.entries.append(Entry(round_, direction, client, int(nbytes), int(receivers)))
 
+    def _of_round(self, round_: int) -> list[Entry]:
+        """Entries of one round: they are appended in round order, so scan back from the end."""
+        out = []
+        for e in reversed(self.entries):
+            if e.round == round_:
+                out.append(e)
+            elif e.round < round_:
+                break
+        return out
+
     def round_totals(self, round_: int) -> dict[str, int]:
-        up = [e for e in self.entries if e.round == round_ and e.direction == UP]
-        down = [e for e in self.entries if e.round == round_ and e.direction == DOWN]
+        entries = self._of_round(round_)
+        up = [e for e in entries if e.direction == UP]
+        down = [e for e in entries if e.direction == DOWN]
         return {
             "uplink_bytes": sum(e.nbytes for e in up),
             "downlink_bytes": sum(e.nbytes * e.receivers for e in down),

@@ -82,7 +82,7 @@ def encode(msg: Message, layout: Layout) -> bytes:
         require(0 <= msg.seed < 2**64, Reason.BAD_PARAMETER, f"seed {msg.seed} is not a uint64")
         selection, sections = SEL_SEEDED, [U64.pack(msg.seed)]
         require(msg.n <= msg.d, Reason.COUNT_MISMATCH, f"{msg.n} values for {msg.d} coordinates")
-        coords = msg.coordinates()
+        coords = msg.coordinates() if isinstance(msg.values, Affine) else None  # only affine needs them
     elif msg.indices is not None:
         idx = msg.indices.numpy()
         require(idx.size == msg.n, Reason.COUNT_MISMATCH, f"{idx.size} indices for {msg.n} values")
@@ -117,7 +117,8 @@ def _encode_values(values, vlayout: Layout) -> tuple[int, list[bytes]]:
         return kind, [data.numpy().astype(_NUMPY_OF[kind], copy=False).tobytes()]
     if isinstance(values, QSGD):
         s, bucket, n = values.levels, values.bucket, values.n
-        require(1 <= s <= MAX_LEVELS and bucket >= 1, Reason.BAD_PARAMETER, f"levels={s}, bucket={bucket}")
+        require(1 <= s <= MAX_LEVELS and 1 <= bucket <= max(n, 1), Reason.BAD_PARAMETER,
+                f"levels={s}, bucket={bucket} for {n} values")
         require(values.norms.numel() == -(-n // bucket), Reason.COUNT_MISMATCH, "one norm per bucket")
         _finite(values.norms, "QSGD norms")
         require(bool((values.norms >= 0).all()), Reason.BAD_PARAMETER, "QSGD norms must be >= 0")
@@ -142,11 +143,12 @@ def _encode_values(values, vlayout: Layout) -> tuple[int, list[bytes]]:
         require(values.raw.numel() == vlayout.numel - n_q, Reason.COUNT_MISMATCH, "affine raw values")
         _finite(values.scales, "affine scales")
         _finite(values.raw, "affine raw values")
-        require(bool((values.scales > 0).all()), Reason.BAD_PARAMETER, "affine scales must be > 0")
+        _check_scales(values.scales, values.bits)
         zp = values.zero_points
         require(bool(((zp >= qmin) & (zp <= qmax)).all()), Reason.BAD_PARAMETER, "affine zero point out of range")
         codes = values.codes.to(torch.int64)
-        require(codes.numel() == 0 or int(codes.max()) < (1 << values.bits), Reason.SYMBOL_OUT_OF_RANGE, "code")
+        require(codes.numel() == 0 or (int(codes.min()) >= 0 and int(codes.max()) < (1 << values.bits)),
+                Reason.SYMBOL_OUT_OF_RANGE, f"affine codes must lie in [0, 2^{values.bits})")
         return VAL_AFFINE, [
             AFFINE_PARAMS.pack(values.bits, int(values.quantize_1d)),
             values.scales.to(torch.float64).numpy().astype("<f8").tobytes(),
@@ -155,6 +157,13 @@ def _encode_values(values, vlayout: Layout) -> tuple[int, list[bytes]]:
             values.raw.to(torch.float32).numpy().astype("<f4").tobytes(),
         ]
     raise WireError(Reason.UNKNOWN_KIND, f"payload type {type(values).__name__}")
+
+
+def _check_scales(scales: torch.Tensor, bits: int) -> None:
+    """Scales must be > 0, and small enough that (q - zero_point) * scale stays finite in fp32."""
+    require(bool((scales > 0).all()), Reason.BAD_PARAMETER, "affine scales must be > 0")
+    limit = torch.finfo(torch.float32).max / ((1 << bits) - 1)
+    require(bool((scales <= limit).all()), Reason.BAD_PARAMETER, f"affine scale above {limit:.3g} overflows fp32")
 
 
 def _affine_counts(vlayout: Layout, quantize_1d: bool) -> tuple[int, int]:
@@ -242,7 +251,9 @@ def _decode_values(kind: int, sections: list, n: int, vlayout: Layout):
         params = QSGD_ELIAS_PARAMS if kind == VAL_QSGD_ELIAS else QSGD_PARAMS
         require(len(sections[0]) == params.size, Reason.LENGTH_MISMATCH, "QSGD parameter section")
         s, bucket, *rest = params.unpack(sections[0])
-        require(1 <= s <= MAX_LEVELS and bucket >= 1, Reason.BAD_PARAMETER, f"levels={s}, bucket={bucket}")
+        # A bucket longer than the values would only inflate the receiver's work: refused.
+        require(1 <= s <= MAX_LEVELS and 1 <= bucket <= max(n, 1), Reason.BAD_PARAMETER,
+                f"levels={s}, bucket={bucket} for {n} values")
         norms = torch.from_numpy(_array(sections[1], "<f4", -(-n // bucket), "QSGD norms"))
         _finite(norms, "QSGD norms")
         require(bool((norms >= 0).all()), Reason.BAD_PARAMETER, "QSGD norms must be >= 0")
@@ -272,7 +283,7 @@ def _decode_values(kind: int, sections: list, n: int, vlayout: Layout):
     n_q, t_q = _affine_counts(vlayout, quantize_1d)
     scales = torch.from_numpy(_array(sections[1], "<f8", t_q, "affine scales"))
     _finite(scales, "affine scales")
-    require(bool((scales > 0).all()), Reason.BAD_PARAMETER, "affine scales must be > 0")
+    _check_scales(scales, bits)
     zp = torch.from_numpy(_array(sections[2], "<i4", t_q, "affine zero points"))
     qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     require(bool(((zp >= qmin) & (zp <= qmax)).all()), Reason.BAD_PARAMETER, "affine zero point out of range")

@@ -49,7 +49,7 @@ class QSGD:
         return self.symbols.numel()
 
     def dequantize(self, value_layout: Layout) -> torch.Tensor:
-        step = (self.norms / self.levels).repeat_interleave(self.bucket)[: self.n]  # (n,)
+        step = (self.norms / self.levels)[torch.arange(self.n) // self.bucket]  # (n,) norm of its bucket / s
         return step * self.symbols.to(torch.float32)
 
 
