@@ -315,6 +315,7 @@ def test_compare_rows_match_hand_computed_values(topk_run, fedavg_run):
     assert topk["downlink_broadcast_mb"] == 0.6
     assert topk["uplink_compression"] == 8.0
     assert topk["mb_to_target"] == 5.0 and topk["rounds_to_target"] == 4
+    assert topk["uplink_mb_to_target"] == 1.0
     assert topk["rounds"] == 6 and topk["target_accuracy"] == 0.8
 
     assert fedavg["final_accuracy"] == 0.75 and fedavg["best_accuracy"] == 0.75
@@ -356,8 +357,8 @@ def test_compare_table_contents_and_alignment(topk_run, fedavg_run):
     header, _, topk, fedavg = lines
     assert "MB to 80%" in header and "Rounds to 80%" in header
     assert topk.startswith("mnist-topk") and fedavg.startswith("mnist-fedavg")
-    assert topk.split()[1:] == ["topk", "80.00", "85.00", "1.50", "6.00", "8.0x", "5.00", "4"]
-    assert fedavg.split()[1:] == ["fedavg", "75.00", "75.00", "4.94", "8.00", "1.0x", "—", "—"]
+    assert topk.split()[1:] == ["topk", "80.00", "85.00", "1.50", "6.00", "8.0x", "5.00", "1.00", "4"]
+    assert fedavg.split()[1:] == ["fedavg", "75.00", "75.00", "4.94", "8.00", "1.0x", "—", "—", "—"]
     # Numbers are right-aligned: every row ends at the same column.
     assert len(topk) == len(fedavg) == len(header)
     assert topk.index("1.50") + 4 == fedavg.index("4.94") + 4 == header.index("MB up") + len("MB up")
@@ -375,11 +376,11 @@ def test_markdown_table(tmp_path, topk_run, fedavg_run):
     md = markdown_table(rows).splitlines()
     assert md[0] == (
         "| Run | Algorithm | Final acc. (%) | Best acc. (%) | MB up | MB down | Up compression "
-        "| MB to 80% | Rounds to 80% |"
+        "| MB to 80% | MB up to 80% | Rounds to 80% |"
     )
-    assert md[1] == "|:---|:---|---:|---:|---:|---:|---:|---:|---:|"
-    assert md[2] == "| mnist-topk | topk | 80.00 | 85.00 | 1.50 | 6.00 | 8.0x | 5.00 | 4 |"
-    assert md[3] == "| mnist-fedavg | fedavg | 75.00 | 75.00 | 4.94 | 8.00 | 1.0x | — | — |"
+    assert md[1] == "|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    assert md[2] == "| mnist-topk | topk | 80.00 | 85.00 | 1.50 | 6.00 | 8.0x | 5.00 | 1.00 | 4 |"
+    assert md[3] == "| mnist-fedavg | fedavg | 75.00 | 75.00 | 4.94 | 8.00 | 1.0x | — | — | — |"
     piped = write_run(tmp_path, "p", name="a|b", algorithm="x", accuracy=[0.5], up=1, down=1, dense_up=1)
     assert "| a\\|b | x |" in markdown_table(compare_rows([piped]))
 

@@ -266,7 +266,7 @@ def compare_rows(run_dirs: PathLike | Iterable[PathLike], target_accuracy: float
     ``best_accuracy`` (fractions), ``uplink_mb``, ``downlink_mb`` (per receiving
     client), ``downlink_broadcast_mb``, ``uplink_compression`` (dense / actual
     uplink bytes), ``target_accuracy``, ``mb_to_target`` (uplink + downlink) and
-    ``rounds_to_target``. Missing values are None: the target fields when no
+    ``uplink_mb_to_target``, ``rounds_to_target``. Missing values are None: the target fields when no
     target is given or it is never reached. Summary values are used where
     present; metrics.csv fills in any that are null or absent.
     """
@@ -306,11 +306,14 @@ def compare_rows(run_dirs: PathLike | Iterable[PathLike], target_accuracy: float
             "uplink_compression": pick("uplink_compression", ratio),
             "target_accuracy": target_accuracy,
             "mb_to_target": None,
+            "uplink_mb_to_target": None,
             "rounds_to_target": None,
         }
         if target_accuracy is not None:
             total = bytes_to_target(metrics, target_accuracy)
             row["mb_to_target"] = None if total is None else total / MB
+            up = bytes_to_target(metrics, target_accuracy, "uplink")
+            row["uplink_mb_to_target"] = None if up is None else up / MB
             row["rounds_to_target"] = rounds_to_target(metrics, target_accuracy)
         rows.append(row)
     return rows
@@ -353,6 +356,7 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, bool, list[st
         label = f"{100 * targets.pop():g}%"
         columns += [
             (f"MB to {label}", True, [_fmt(r["mb_to_target"], ".2f") for r in rows]),
+            (f"MB up to {label}", True, [_fmt(r.get("uplink_mb_to_target"), ".2f") for r in rows]),
             (f"Rounds to {label}", True, [_integer(r["rounds_to_target"]) for r in rows]),
         ]
     return columns
