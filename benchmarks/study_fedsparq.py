@@ -25,16 +25,17 @@ VARIANTS = {
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=40)
-    ap.add_argument("--target", type=float, default=0.95)
     ap.add_argument("--out", default="runs/study_fedsparq")
     ap.add_argument("--report-only", action="store_true", help="only write the tables of finished runs")
     args = ap.parse_args()
     settings = {f"{ds}_alpha{a}": [f"data.dataset={ds}", f"data.alpha={a}", f"rounds={args.rounds}"]
                 for ds in ("mnist", "fashion_mnist") for a in ("0.5", "0.1")}
-    # The two datasets reach different accuracies: one target each (Fashion-MNIST is harder).
+    # One target per setting, below what FedAvg reaches there (alpha = 0.1 and Fashion-MNIST
+    # are harder): MB to the target is the comparison, final accuracy the other.
+    targets = {"mnist_alpha0.5": 0.95, "mnist_alpha0.1": 0.80, "fashion_mnist_alpha0.5": 0.75,
+               "fashion_mnist_alpha0.1": 0.60}
     text = ""
-    for ds, target in (("mnist", args.target), ("fashion_mnist", args.target - 0.2)):
-        chosen = {k: v for k, v in settings.items() if k.startswith(ds + "_")}
-        text += run_grid("configs/fedsparq/mnist.toml", chosen, VARIANTS, Path(args.out), target,
-                         Path("docs/figures/fedsparq"), args.report_only)
+    for setting, overrides in settings.items():
+        text += run_grid("configs/fedsparq/mnist.toml", {setting: overrides}, VARIANTS, Path(args.out),
+                         targets[setting], Path("docs/figures/fedsparq"), args.report_only)
     print(text)

@@ -14,6 +14,7 @@ from typing import Any
 from fedpress.algorithms.fedavg import FedAvg
 from fedpress.algorithms.fedsparq import FedSparQ
 from fedpress.algorithms.flare import EF21, FLARE, flare_uplink
+from fedpress.algorithms.sparsyfed import SparsyFed
 from fedpress.compress import (
     Codec,
     bf16,
@@ -187,6 +188,20 @@ REGISTRY.update({
         lambda n, p: FLARE(**p, regularizer="prox", name=n)),
     "ef21": AlgorithmSpec("EF21 with per-tensor top-k (FLARE's third baseline)", KEEP_PERCENT,
                           lambda n, p: EF21(**p, name=n)),
+})
+
+
+SPARSITY = {"sparsity": Param(0.9, "target sparsity of the conv/linear weights after local training",
+                             check=lambda v: 0 <= v < 1, rule="in [0, 1)")}
+REGISTRY.update({
+    "sparsyfed": AlgorithmSpec(
+        "SparsyFed: Powerprop layers, activation pruning, global magnitude pruning, sparse states both ways",
+        {**SPARSITY, "beta": Param(1.25, "Powerprop exponent", check=lambda v: v >= 1, rule=">= 1"),
+         "activation_pruning": _bool("prune saved activations at the layer's weight sparsity", True)},
+        lambda n, p: SparsyFed(**p, name=n)),
+    "topk_prune": AlgorithmSpec(
+        "SparsyFed's Top-K baseline: plain layers, dense local training, the same global pruning",
+        SPARSITY, lambda n, p: SparsyFed(sparsity=p["sparsity"], beta=1.0, activation_pruning=False, name=n)),
 })
 
 

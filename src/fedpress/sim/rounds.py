@@ -74,8 +74,10 @@ def setup(cfg: Config) -> Experiment:
                              **cfg.model.options)
     except ValueError as e:
         raise ConfigError(f"[model] {e}") from None
-    model = FlatModel.of(module)
     algorithm = build(cfg.algorithm.name, cfg.algorithm.params)
+    if hasattr(algorithm, "prepare_model"):  # re-parameterised models (SparsyFed's Powerprop layers)
+        module = algorithm.prepare_model(module, derive(cfg.seed, "init", "reparameterise"))
+    model = FlatModel.of(module)
     return Experiment(cfg, ds, parts, model, algorithm, model.initial())
 
 

@@ -1,0 +1,48 @@
+"""SparsyFed's core rules through the simulator (the study and its ZeroFL / FLASH baselines
+are issue 5's remaining work)."""
+
+import torch
+
+from fedpress.algorithms.sparsyfed import prunable
+from fedpress.models.powerprop import PowerpropLinear
+from fedpress.sim import run, setup
+from fedpress.sim.executor import Sequential
+from fedpress.sim.rounds import run_round
+from tests.sim.conftest import tiny_config
+from tests.sim.test_run import fresh_progress
+
+
+def sparsy(**kw):
+    return tiny_config(**{"algorithm.name": "sparsyfed", "algorithm.sparsity": 0.8, "train.lr": 0.2,
+                          "train.momentum": 0.0, **kw})
+
+
+def test_model_is_reparameterised_and_uploads_hit_the_exact_sparsity(synthetic):
+    cfg = sparsy(rounds=2)
+    exp = setup(cfg)
+    assert all(isinstance(m, PowerpropLinear) for m in exp.model.module.modules() if isinstance(m, torch.nn.Linear))
+    pool = prunable(exp.model)
+    n = int(pool.sum())
+    assert int((exp.x0[pool] == 0).sum()) == 0  # round 1 starts dense
+    from fedpress.algorithms import ClientContext
+    from fedpress.local import LocalPlan, LocalResult
+
+    x = torch.randn(exp.model.layout.numel, generator=torch.Generator().manual_seed(0))
+    plan = LocalPlan(exp.x0)
+    msg, _ = exp.algorithm.client_end(None, plan, LocalResult(x, 1, 0.0), ClientContext(0, 0, 10, 0, exp.model))
+    sent = torch.zeros_like(pool)
+    sent[msg.indices] = True
+    assert int((sent & pool).sum()) == n - round(0.8 * n)  # exactly the target sparsity
+    assert bool(sent[~pool].all())  # biases travel whole
+    assert torch.equal(msg.expand(exp.model.layout)[sent], x[sent])
+    p = fresh_progress(exp)
+    run_round(exp, p, Sequential(), 0)
+    global_density = float((p.server.x[pool] != 0).sum()) / n
+    assert 0.2 < global_density <= 1.0  # the union of the client masks regrows the average
+
+
+def test_sparsyfed_and_topk_prune_learn(synthetic, tmp_path):
+    for name in ("sparsyfed", "topk_prune"):
+        summary = run(sparsy(**{"algorithm.name": name, "rounds": 6}), tmp_path / name, progress=False)
+        assert summary["final_accuracy"] > 0.7, (name, summary)  # chance is 0.25
+        assert summary["uplink_compression"] > 2
