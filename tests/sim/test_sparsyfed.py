@@ -46,3 +46,16 @@ def test_sparsyfed_and_topk_prune_learn(synthetic, tmp_path):
         summary = run(sparsy(**{"algorithm.name": name, "rounds": 6}), tmp_path / name, progress=False)
         assert summary["final_accuracy"] > 0.7, (name, summary)  # chance is 0.25
         assert summary["uplink_compression"] > 2
+
+
+def test_round_metrics_are_logged(synthetic, tmp_path):
+    import csv
+
+    run(sparsy(rounds=3), tmp_path, progress=False)
+    with open(tmp_path / "metrics.csv") as f:
+        table = list(csv.DictReader(f))
+    for r in table:
+        assert 0 < float(r["global_density"]) <= 1 and abs(float(r["client_density"]) - 0.2) < 0.01
+        assert 0 <= float(r["iou_clients"]) <= 1 and 0 <= float(r["iou_previous"]) <= 1
+        assert int(r["regrowth"]) >= 0 and float(r["paper_cost_params"]) > 0
+    assert int(table[0]["regrowth"]) == 0  # round 1 starts dense: nothing to regrow

@@ -17,6 +17,9 @@ synchronous simulator, the asynchronous engine, Flower) calls them in this order
 
 Asynchronous algorithms (FedBuff, QAFeL) also define `receive(server, uplink, ctx)` and
 `flush(server, ctx)`; the asynchronous engine calls those instead of `aggregate`.
+Optional hooks: `prepare_model(module, generator)` re-parameterises the model once before
+the run (SparsyFed); `round_metrics(before, after, uplinks, ctx) -> {name: number}` adds
+the method's own measurements to the round's metrics row.
 
 An algorithm never imports the simulator: it sees messages, plans and results only.
 """

@@ -24,7 +24,7 @@ from torch import nn
 
 from fedpress.algorithms.base import ClientContext, RoundContext, Uplink, weighted_mean
 from fedpress.algorithms.fedavg import ServerState
-from fedpress.compress.prune import magnitude_prune, pool_mask
+from fedpress.compress.prune import density, magnitude_prune, mask_iou, pool_mask, regrowth
 from fedpress.layout import Layout
 from fedpress.local import FlatModel, LocalPlan, LocalResult
 from fedpress.models.powerprop import powerpropagate
@@ -81,3 +81,21 @@ class SparsyFed:
 
     def model(self, server: ServerState) -> torch.Tensor:
         return server.x
+
+    def round_metrics(self, before: ServerState, after: ServerState, uplinks: list[Uplink],
+                      ctx: RoundContext) -> dict[str, float]:
+        """Spec §3.6-3.7: densities, regrowth, mask agreement, and the paper's cost unit."""
+        pool = prunable(ctx.model)
+        clients = [u.message.expand(ctx.layout) for u in uplinks]
+        pairs = [(a, b) for i, a in enumerate(clients) for b in clients[i + 1 :]]
+        client_density = sum(density(c, pool) for c in clients) / max(len(clients), 1)
+        global_density = density(after.x, pool)
+        return {
+            "global_density": global_density,
+            "client_density": client_density,
+            "regrowth": regrowth(before.x, after.x, pool),
+            "iou_clients": sum(mask_iou(a, b, pool) for a, b in pairs) / len(pairs) if pairs else 1.0,
+            "iou_previous": mask_iou(before.x, after.x, pool),
+            # the paper's per-round cost: non-zero parameters down + up "as if one client" (§1.12)
+            "paper_cost_params": (global_density + client_density) * int(pool.sum()),
+        }

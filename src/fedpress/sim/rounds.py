@@ -141,6 +141,7 @@ def run_round(exp: Experiment, p: Progress, executor, t: int) -> dict:
         uplinks.append(Uplink(c, arrived, float(contexts[c].num_samples)))
         losses.append(result.loss)
     p.server = alg.aggregate(server, uplinks, rctx)
+    extra = alg.round_metrics(server, p.server, uplinks, rctx) if hasattr(alg, "round_metrics") else {}
 
     kept = kept_per_tensor(uplinks, layout)  # (T,) values sent per tensor, summed over clients
     sizes = torch.tensor([e.numel for e in layout], dtype=torch.float64) * max(len(uplinks), 1)
@@ -149,7 +150,7 @@ def run_round(exp: Experiment, p: Progress, executor, t: int) -> dict:
                            "train_loss": sum(losses) / len(losses) if losses else "",
                            "clients": len(uplinks), "rejected": rejected, "uplink_values": int(kept.sum()),
                            "density": float(kept.sum() / sizes.sum()) if uplinks else "",
-                           **p.ledger.round_totals(t)}
+                           **p.ledger.round_totals(t), **extra}
     if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
         acc, loss = evaluate(model, alg.model(p.server), exp.dataset.x_test, exp.dataset.y_test)
         row.update(test_accuracy=acc, test_loss=loss)
@@ -252,8 +253,10 @@ def _load_checkpoint(path: Path) -> Progress:
 
 
 def write_metrics(rows: list[dict], path: Path) -> None:
+    """The fixed columns first, then any an algorithm adds (round_metrics), in first-seen order."""
+    extra = [k for r in rows for k in r if k not in METRIC_COLUMNS]
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS + list(dict.fromkeys(extra)))
         writer.writeheader()
         for r in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
