@@ -95,6 +95,7 @@ class LocalPlan:
     grad_offset: torch.Tensor | None = None  # (P,) added to every gradient (Scaffnew: -h_i)
     grad_at: Callable[[torch.Tensor], torch.Tensor] | None = None  # (P,) -> (P,) gradient point
     momentum_reset_step: int | None = None  # zero the momentum before this step (FLARE reference code)
+    grad_mask: torch.Tensor | None = None  # (P,) multiplies every gradient: fixed-mask training (FLASH)
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,7 @@ def train(
     state = {**dict(zip(names, params, strict=True)), **model.buffer_layout.unflatten(buffers),
              **model.counters()}
     offset = None if plan.grad_offset is None else list(model.param_layout.unflatten(plan.grad_offset).values())
+    gmask = None if plan.grad_mask is None else list(model.param_layout.unflatten(plan.grad_mask).values())
     velocity = [torch.zeros_like(p) for p in params] if spec.momentum else None
     lr = spec.lr if plan.lr is None else plan.lr
     total = torch.zeros(())
@@ -191,6 +193,8 @@ def train(
                     total += loss
                     if offset is not None:
                         torch._foreach_add_(grads, offset)
+                    if gmask is not None:
+                        torch._foreach_mul_(grads, gmask)
                     if spec.weight_decay:
                         torch._foreach_add_(grads, params, alpha=spec.weight_decay)
                     if velocity is not None:

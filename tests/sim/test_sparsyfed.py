@@ -59,3 +59,49 @@ def test_round_metrics_are_logged(synthetic, tmp_path):
         assert 0 <= float(r["iou_clients"]) <= 1 and 0 <= float(r["iou_previous"]) <= 1
         assert int(r["regrowth"]) >= 0 and float(r["paper_cost_params"]) > 0
     assert int(table[0]["regrowth"]) == 0  # round 1 starts dense: nothing to regrow
+
+
+def test_flash_mask_never_changes_after_round_one(synthetic):
+    cfg = sparsy(**{"algorithm.name": "flash", "rounds": 4})
+    exp = setup(cfg)
+    pool = prunable(exp.model)
+    p = fresh_progress(exp)
+    run_round(exp, p, Sequential(), 0)
+    mask = (p.server.x != 0) & pool
+    assert int(mask.sum()) == int(pool.sum()) - round(0.8 * int(pool.sum()))  # exactly the target sparsity
+    for t in range(1, 4):
+        run_round(exp, p, Sequential(), t)
+        assert torch.equal((p.server.x != 0) & pool, mask)
+
+
+def test_zerofl_trains_swat_layers_but_keeps_the_first_conv_dense():
+    from torch import nn
+
+    from fedpress.algorithms.sparsyfed import ZeroFL
+    from fedpress.models import build_model
+    from fedpress.models.powerprop import SwatConv2d, SwatLinear
+
+    module = ZeroFL(0.9).prepare_model(build_model("lenet5", (1, 28, 28), 10), None)
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    assert not isinstance(convs[0], SwatConv2d) and all(isinstance(c, SwatConv2d) for c in convs[1:])
+    assert all(isinstance(m, SwatLinear) for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def test_swat_forward_uses_the_top_weights_and_trains_them_all():
+    from fedpress.models.powerprop import SwatLinear
+
+    layer = SwatLinear(4, 1, bias=False, sparsity=0.5).to_empty(device="cpu")
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, -3.0, 0.5, 2.0]]))
+    a = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
+    y = layer(a)
+    assert y.item() == -1.0  # only -3 and 2 take part in the forward
+    y.backward()
+    # every weight, pruned in the forward or not, gets dL/dw = a (straight-through to the dense weights)
+    assert torch.equal(layer.weight.grad, torch.ones(1, 4))
+
+
+def test_each_sparse_baseline_learns(synthetic, tmp_path):
+    for name in ("zerofl", "flash"):
+        summary = run(sparsy(**{"algorithm.name": name, "rounds": 6}), tmp_path / name, progress=False)
+        assert summary["final_accuracy"] > 0.6, (name, summary)

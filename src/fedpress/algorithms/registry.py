@@ -14,7 +14,7 @@ from typing import Any
 from fedpress.algorithms.fedavg import FedAvg
 from fedpress.algorithms.fedsparq import FedSparQ
 from fedpress.algorithms.flare import EF21, FLARE, flare_uplink
-from fedpress.algorithms.sparsyfed import SparsyFed
+from fedpress.algorithms.sparsyfed import FLASH, SparsyFed, ZeroFL
 from fedpress.compress import (
     Codec,
     bf16,
@@ -202,6 +202,13 @@ REGISTRY.update({
     "topk_prune": AlgorithmSpec(
         "SparsyFed's Top-K baseline: plain layers, dense local training, the same global pruning",
         SPARSITY, lambda n, p: SparsyFed(sparsity=p["sparsity"], beta=1.0, activation_pruning=False, name=n)),
+    "zerofl": AlgorithmSpec(
+        "ZeroFL: SWAT weight and activation sparsity in training, global pruning to sparsity - mask_ratio",
+        {**SPARSITY, "mask_ratio": Param(0.0, "m: upload at sparsity - m", check=lambda v: 0 <= v < 1,
+                                         rule="in [0, 1)")},
+        lambda n, p: ZeroFL(**p, name=n)),
+    "flash": AlgorithmSpec("FLASH: dense warm-up round, then a fixed mask from the first global model",
+                           SPARSITY, lambda n, p: FLASH(**p, name=n)),
 })
 
 

@@ -12,7 +12,9 @@ comes from the received model. With beta > 1 a pruned weight cannot regrow in lo
 training; only aggregation (the union of client masks) regrows it.
 
 The Top-K baseline of §3.4 is the same algorithm with beta = 1 and no activation pruning
-(`topk_prune`). The downlink is the global state sent sparse, as the code's state_dict.
+(`topk_prune`); ZeroFL trains SWAT layers and prunes to s - m; FLASH trains one dense
+warm-up round, then keeps the mask of the first global model fixed. The downlink is the
+global state sent sparse, as the code's state_dict.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from fedpress.algorithms.fedavg import ServerState
 from fedpress.compress.prune import density, magnitude_prune, mask_iou, pool_mask, regrowth
 from fedpress.layout import Layout
 from fedpress.local import FlatModel, LocalPlan, LocalResult
-from fedpress.models.powerprop import powerpropagate
+from fedpress.models.powerprop import powerpropagate, swatify
 from fedpress.wire.message import Dense, Message
 
 
@@ -99,3 +101,86 @@ class SparsyFed:
             # the paper's per-round cost: non-zero parameters down + up "as if one client" (§1.12)
             "paper_cost_params": (global_density + client_density) * int(pool.sum()),
         }
+
+
+@dataclass(frozen=True)
+class ZeroFL:
+    """ZeroFL (Qiu et al. 2022; spec §3.4): SWAT layers (weights and saved activations top-k
+    sparsified to s during training, the first convolution left dense), then global pruning
+    to s - m before upload; FedAvg on the states."""
+
+    sparsity: float = 0.9
+    mask_ratio: float = 0.0  # m: upload at sparsity s - m
+    name: str = "zerofl"
+
+    def prepare_model(self, module: nn.Module, generator: torch.Generator) -> nn.Module:
+        return swatify(module, self.sparsity)
+
+    init_server = SparsyFed.init_server
+    init_client = SparsyFed.init_client
+    broadcast = SparsyFed.broadcast
+    client_begin = SparsyFed.client_begin
+    aggregate = SparsyFed.aggregate
+    model = SparsyFed.model
+    round_metrics = SparsyFed.round_metrics
+
+    def client_end(self, state: None, plan: LocalPlan, result: LocalResult,
+                   ctx: ClientContext) -> tuple[Message, None]:
+        pruned = magnitude_prune(result.x, prunable(ctx.model), self.sparsity - self.mask_ratio)
+        return nonzero_message(pruned), None
+
+
+@dataclass(frozen=True)
+class FLASHServer:
+    x: torch.Tensor  # (d,) global state
+    fixed: torch.Tensor  # () bool: whether the mask has been fixed (after round 1)
+
+
+@dataclass(frozen=True)
+class FLASH:
+    """FLASH (Babakniya et al. 2023; spec §3.4): round 1 trains dense and prunes to s; the
+    server averages, prunes the average layer by layer to the clients' mean per-layer
+    densities and then globally to exactly s: that support is the mask, fixed from then on.
+    Later rounds train with the gradients of masked-out weights multiplied by 0."""
+
+    sparsity: float = 0.9
+    name: str = "flash"
+
+    init_client = SparsyFed.init_client
+    broadcast = SparsyFed.broadcast
+    round_metrics = SparsyFed.round_metrics
+
+    def init_server(self, x0: torch.Tensor, layout: Layout) -> FLASHServer:
+        return FLASHServer(x0.clone(), torch.tensor(False))
+
+    def client_begin(self, state: None, received: torch.Tensor, ctx: ClientContext) -> LocalPlan:
+        if ctx.round == 0:
+            return LocalPlan(x0=received)  # the dense warm-up round
+        P = ctx.model.num_params
+        pool = prunable(ctx.model)[:P]
+        free = (received[:P] != 0) | ~pool  # the fixed mask, read off the received model
+        return LocalPlan(x0=received, grad_mask=free.to(torch.float32))
+
+    def client_end(self, state: None, plan: LocalPlan, result: LocalResult,
+                   ctx: ClientContext) -> tuple[Message, None]:
+        return nonzero_message(magnitude_prune(result.x, prunable(ctx.model), self.sparsity)), None
+
+    def aggregate(self, server: FLASHServer, uplinks: list[Uplink], ctx: RoundContext) -> FLASHServer:
+        if not uplinks:
+            return server
+        mean = weighted_mean(uplinks, ctx.layout)
+        pool = prunable(ctx.model)
+        if bool(server.fixed):
+            return FLASHServer(mean * ((mean != 0) | ~pool | (server.x != 0)), server.fixed)
+        clients = [u.message.expand(ctx.layout) for u in uplinks]
+        for e in ctx.layout:  # layer by layer to the clients' mean density of that layer
+            if not bool(pool[e.offset]):
+                continue
+            layer = torch.zeros(ctx.layout.numel, dtype=torch.bool)
+            layer[e.offset : e.stop] = True
+            target = sum(density(c, layer) for c in clients) / len(clients)
+            mean = magnitude_prune(mean, layer, 1 - target)
+        return FLASHServer(magnitude_prune(mean, pool, self.sparsity), torch.tensor(True))
+
+    def model(self, server: FLASHServer) -> torch.Tensor:
+        return server.x

@@ -1,4 +1,5 @@
-"""Powerpropagation layers with SparsyFed's activation pruning (spec §1.9, §3.2).
+"""Powerpropagation layers with SparsyFed's activation pruning (spec §1.9, §3.2), and the
+SWAT layers of its ZeroFL baseline (§3.4).
 
 A layer keeps the underlying parameter v and computes its weight as
     w = sign(v) |v|^beta                                   (Schwarz et al. 2021)
@@ -154,4 +155,83 @@ def powerpropagate(module: nn.Module, beta: float, generator: torch.Generator, *
             setattr(module, name, new)
         else:
             powerpropagate(child, beta, generator, activation_pruning=activation_pruning)
+    return module
+
+
+# ---------------------------------------------------------------------------- ZeroFL's SWAT layers
+
+
+def _keep_top(w: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """w with entries below the threshold zeroed in the forward value, identity gradient
+    (SWAT trains the dense weights through a sparse forward: straight-through)."""
+    return w + (w * (w.detach().abs() >= threshold) - w).detach()
+
+
+class SwatLinear(nn.Linear):
+    """ZeroFL / SWAT (spec §3.4): forward with the weights top-k sparsified to `sparsity`,
+    weight gradient from the input top-k sparsified to `sparsity`, applied to all weights."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, sparsity: float = 0.9):
+        super().__init__(in_features, out_features, bias, device="meta")
+        self.sparsity = sparsity
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        if not (self.training and torch.is_grad_enabled()):
+            return F.linear(a, self.weight, self.bias)
+        keep = max(1 - self.sparsity, KEEP_FLOOR)
+        w = _keep_top(self.weight, top_fraction_threshold(self.weight, keep))
+        a_sparse = a.detach() * (a.detach().abs() >= top_fraction_threshold(a, keep))
+        return _SparseInputLinear.apply(a, w, self.bias, a_sparse)
+
+
+class SwatConv2d(nn.Conv2d):
+    """SWAT for convolutions: weight and activation thresholds from the first minibatch a
+    client trains on (keyed to its parameter object, as PowerpropConv2d), then reused."""
+
+    def __init__(self, *args, sparsity: float = 0.9, **kwargs):
+        super().__init__(*args, **kwargs, device="meta")
+        self.sparsity = sparsity
+        self._theta: tuple[weakref.ref, torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        if not (self.training and torch.is_grad_enabled()):
+            return self._conv_forward(a, self.weight, self.bias)
+        keep = max(1 - self.sparsity, KEEP_FLOOR)
+        owner = self._theta[0]() if self._theta is not None else None
+        if owner is not self.weight:
+            self._theta = (weakref.ref(self.weight), top_fraction_threshold(self.weight, keep),
+                           top_fraction_threshold(a, keep))
+        _, theta_w, theta_a = self._theta
+        w = _keep_top(self.weight, theta_w)
+        a_sparse = a.detach() * (a.detach().abs() >= theta_a)
+        return _SparseInputConv2d.apply(a, w, self.bias, a_sparse, self.stride, self.padding, self.dilation,
+                                        self.groups)
+
+
+def swatify(module: nn.Module, sparsity: float, *, skip_first_conv: bool = True) -> nn.Module:
+    """Replace Linear and Conv2d layers (in place) by SWAT layers keeping their parameters;
+    ZeroFL leaves the first convolution dense."""
+    first_conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None) if skip_first_conv else None
+
+    def replace(parent: nn.Module) -> None:
+        for name, child in list(parent.named_children()):
+            if child is first_conv or isinstance(child, SwatLinear | SwatConv2d):
+                continue
+            if isinstance(child, nn.Linear):
+                new = SwatLinear(child.in_features, child.out_features, child.bias is not None, sparsity=sparsity)
+            elif isinstance(child, nn.Conv2d):
+                new = SwatConv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                 child.padding, child.dilation, child.groups, child.bias is not None,
+                                 child.padding_mode, sparsity=sparsity)
+            else:
+                replace(child)
+                continue
+            new = new.to_empty(device="cpu")
+            with torch.no_grad():
+                new.weight.copy_(child.weight)
+                if child.bias is not None:
+                    new.bias.copy_(child.bias)
+            setattr(parent, name, new)
+
+    replace(module)
     return module
