@@ -51,6 +51,6 @@ def run_grid(config: str, settings: dict[str, list[str]], variants: dict[str, li
             figures.mkdir(parents=True, exist_ok=True)
             plot_compare(dirs, figures / f"{setting}.png")
             table += f"\n\n![{setting}](figures/{figures.name}/{setting}.png)"  # relative to docs/
-        sections.append(f"### {setting}\n\n{table}\n")
+        sections.append(f"### {setting}\n\n{table}\n\n")
         Path(out / f"{setting}.md").write_text(sections[-1])
     return "\n".join(sections)
