@@ -196,3 +196,20 @@ def test_wire_errors_other_than_non_finite_are_not_swallowed(synthetic, monkeypa
     monkeypatch.setattr("fedpress.sim.rounds.send", broken)
     with pytest.raises(WireError):
         run_round(exp, fresh_progress(exp), Sequential(), 0)
+
+
+def test_ledger_per_client_view_adds_up_to_the_round_totals():
+    from fedpress.metrics.ledger import BROADCAST, DOWN, UP
+
+    ledger = Ledger(dense_bytes=100)
+    ledger.record(0, DOWN, BROADCAST, 100, receivers=3)
+    for client, n in ((1, 10), (2, 20), (5, 30)):
+        ledger.record(0, UP, client, n)
+    ledger.record(1, UP, 1, 7)
+    per_client = ledger.per_client()
+    assert per_client[1] == {"uplink_bytes": 17, "downlink_bytes": 0, "messages": 2}
+    assert per_client[BROADCAST]["downlink_bytes"] == 100
+    totals = ledger.round_totals(0)
+    assert totals["uplink_bytes"] == 60 and totals["downlink_bytes"] == 300
+    assert totals["downlink_broadcast_bytes"] == 100 and totals["dense_uplink_bytes"] == 300
+    assert Ledger.from_rows(100, ledger.to_rows()).entries == ledger.entries
