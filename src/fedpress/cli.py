@@ -64,13 +64,12 @@ def _datasets(args) -> int:
 def _partition(args) -> int:
     from fedpress.config import load
     from fedpress.data import load as load_data
-    from fedpress.data import partition, plot_summary, summary
-    from fedpress.rng import derive_numpy
+    from fedpress.data import plot_summary, summary
+    from fedpress.sim.rounds import client_partition
 
     cfg = load(args.config, args.set)
     ds = load_data(cfg.data.dataset)
-    parts = partition(cfg.data.partition, ds.y_train, cfg.data.num_clients, derive_numpy(cfg.seed, "partition"),
-                      **cfg.data.params)
+    parts = client_partition(cfg, ds.y_train)
     print(summary(parts, ds.y_train, ds.num_classes))
     if args.plot:
         print(f"plot: {plot_summary(parts, ds.y_train, ds.num_classes, args.plot)}")

@@ -17,6 +17,7 @@ unknown key or a bad value raises ConfigError naming the key and what is allowed
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,8 +61,6 @@ class TrainConfig:
 
     def lr_at(self, round_: int, rounds: int) -> float:
         """The local learning rate of a (0-based) round under the schedule."""
-        import math
-
         if self.lr_schedule == "exponential":
             return self.lr * self.lr_gamma**round_
         if self.lr_schedule == "step":

@@ -43,11 +43,16 @@ def test_kth_largest_equals_torch_topk(d, ratio, seed):
     assert kth_largest(a, k) == torch.topk(a, k).values[-1]
 
 
-def test_kth_largest_falls_back_when_the_sample_misleads():
+def test_kth_largest_is_exact_when_the_sample_misleads():
     # the strided sample sees only zeros; the large values sit between sample points
     a = torch.zeros(200_000)
     a[1::100] = torch.arange(1, 2001, dtype=torch.float32)
     assert kth_largest(a, 1000) == torch.topk(a, 1000).values[-1]
+    # the sample sees only the largest values: fewer than k candidates, so the full topk runs
+    b = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
+    b[::100] += 10.0
+    assert int((b >= torch.topk(b[::100], 36).values.min()).sum()) < 1000  # the sample's threshold is too high
+    assert kth_largest(b, 1000) == torch.topk(b, 1000).values[-1]
 
 
 def test_top_k_keeps_exactly_k_with_ties_broken_by_lower_index():

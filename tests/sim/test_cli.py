@@ -45,3 +45,17 @@ def test_algorithms_and_datasets_listings(capsys):
     assert "topk_ef" in capsys.readouterr().out
     assert main(["datasets", "list"]) == 0
     assert "cifar10" in capsys.readouterr().out
+
+
+def test_partition_command_shows_the_split_the_run_uses(synthetic, tmp_path, capsys, monkeypatch):
+    from fedpress.sim import setup
+
+    monkeypatch.setattr("fedpress.data.load", lambda name, normalize=True: synthetic)
+    config = tmp_path / "tiny.toml"
+    cfg = tiny_config()
+    config.write_text(dumps(cfg))
+    assert main(["partition", str(config), "--plot", str(tmp_path / "split.png")]) == 0
+    out = capsys.readouterr().out
+    sizes = sorted(int(p.numel()) for p in setup(cfg).parts)
+    assert str(max(sizes)) in out and str(min(sizes)) in out
+    assert (tmp_path / "split.png").stat().st_size > 0

@@ -62,13 +62,18 @@ class Experiment:
     x0: torch.Tensor  # (d,) initial model state
 
 
-def setup(cfg: Config) -> Experiment:
-    ds = load(cfg.data.dataset, normalize=cfg.data.normalize)
+def client_partition(cfg: Config, labels: torch.Tensor) -> list[torch.Tensor]:
+    """The clients' index tensors of a config: the one split its runs (and `fedpress partition`) use."""
     try:
-        parts = partition(cfg.data.partition, ds.y_train, cfg.data.num_clients,
-                          derive_numpy(cfg.seed, "partition"), **cfg.data.params)
+        return partition(cfg.data.partition, labels, cfg.data.num_clients, derive_numpy(cfg.seed, "partition"),
+                         **cfg.data.params)
     except ValueError as e:
         raise ConfigError(f"[data] {e}") from None
+
+
+def setup(cfg: Config) -> Experiment:
+    ds = load(cfg.data.dataset, normalize=cfg.data.normalize)
+    parts = client_partition(cfg, ds.y_train)
     try:
         module = build_model(cfg.model.name, ds.input_shape, ds.num_classes, derive(cfg.seed, "init"),
                              **cfg.model.options)
@@ -238,12 +243,8 @@ def _postfix(rows: list[dict]) -> str:
 
 def _save_checkpoint(p: Progress, path: Path) -> None:
     state_io.save({"round": p.round, "server": p.server, "clients": p.clients, "dense_bytes": p.ledger.dense_bytes,
-                   "ledger": p.ledger.to_rows(), "rows": [{k: _plain(v) for k, v in r.items()} for r in p.rows],
+                   "ledger": p.ledger.to_rows(), "rows": p.rows,
                    "density": p.density}, path)
-
-
-def _plain(v):
-    return float(v) if isinstance(v, float) else v
 
 
 def _load_checkpoint(path: Path) -> Progress:

@@ -6,10 +6,12 @@ what it decodes from those bytes, never the sender's objects.
 
 from __future__ import annotations
 
+import torch
+
 from fedpress import wire
 from fedpress.layout import Layout
 from fedpress.metrics.ledger import Ledger
-from fedpress.wire.message import Message
+from fedpress.wire.message import Dense, Message
 
 
 def send(msg: Message, layout: Layout, ledger: Ledger, round_: int, direction: str, client: int,
@@ -21,8 +23,4 @@ def send(msg: Message, layout: Layout, ledger: Ledger, round_: int, direction: s
 
 def dense_frame_bytes(layout: Layout) -> int:
     """The real length of one dense fp32 frame of the layout: the ledger's reference."""
-    import torch
-
-    from fedpress.wire.message import Dense
-
     return len(wire.encode(Message(layout.numel, Dense(torch.zeros(layout.numel))), layout))
