@@ -66,6 +66,7 @@ class ClientContext:
     num_samples: int
     seed: int
     model: FlatModel
+    lr: float | None = None  # the local step size gamma this round (Scaffnew's h update needs it)
 
     @property
     def layout(self) -> Layout:

@@ -8,12 +8,12 @@ key that the algorithm does not take, or a value outside what it allows, raises
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from fedpress.algorithms.fedavg import FedAvg
 from fedpress.algorithms.fedsparq import FedSparQ
 from fedpress.algorithms.flare import EF21, FLARE, flare_uplink
+from fedpress.algorithms.params import AlgorithmSpec, Param, boolean, momentum_range, nonneg, positive, unit
 from fedpress.algorithms.sparsyfed import FLASH, SparsyFed, ZeroFL
 from fedpress.compress import (
     Codec,
@@ -32,40 +32,15 @@ from fedpress.errors import ConfigError
 PRECISIONS: dict[str, Callable[[], Codec]] = {"fp32": fp32, "fp16": fp16, "bf16": bf16}
 
 
-@dataclass(frozen=True)
-class Param:
-    default: Any
-    doc: str
-    choices: tuple | None = None  # allowed values, when the set is finite
-    check: Callable[[Any], bool] | None = None  # a range rule
-    rule: str = ""  # the rule in words, for the error message
-
-
-def _positive(v) -> bool:
-    return v > 0
-
-
-def _unit(v) -> bool:
-    return 0 < v <= 1
-
-
-def _nonneg(v) -> bool:
-    return v >= 0
-
-
-def _momentum(v) -> bool:
-    return 0 <= v < 1
-
-
 COMMON = {
-    "server_lr": Param(1.0, "server learning rate eta_s", check=_positive, rule="> 0"),
-    "server_momentum": Param(0.0, "server momentum beta_s (FedAvgM)", check=_momentum, rule="in [0, 1)"),
-    "prox_mu": Param(0.0, "FedProx coefficient mu", check=_nonneg, rule=">= 0"),
+    "server_lr": Param(1.0, "server learning rate eta_s", check=positive, rule="> 0"),
+    "server_momentum": Param(0.0, "server momentum beta_s (FedAvgM)", check=momentum_range, rule="in [0, 1)"),
+    "prox_mu": Param(0.0, "FedProx coefficient mu", check=nonneg, rule=">= 0"),
     "downlink": Param("fp32", "precision of the broadcast model", choices=tuple(PRECISIONS)),
 }
 PRECISION = {"precision": Param("fp32", "precision of the values sent up", choices=tuple(PRECISIONS))}
 RATIO = {
-    "ratio": Param(0.01, "fraction of coordinates kept, k = max(1, ceil(ratio * d))", check=_unit, rule="in (0, 1]"),
+    "ratio": Param(0.01, "fraction of coordinates kept, k = max(1, ceil(ratio * d))", check=unit, rule="in (0, 1]"),
 }
 
 
@@ -84,13 +59,6 @@ def _topk_codec(p) -> Codec:
 
 def _randk_codec(p) -> Codec:
     return _then_precision(random_k(p["ratio"], seeded=p["seeded"], unbiased=p["unbiased"]), p["precision"])
-
-
-@dataclass(frozen=True)
-class AlgorithmSpec:
-    doc: str
-    params: dict[str, Param]
-    build: Callable[[str, Mapping[str, Any]], Any]
 
 
 TOPK_PARAMS = {**RATIO, "scope": Param("global", "top-k over the whole vector or per tensor",
@@ -112,7 +80,7 @@ REGISTRY: dict[str, AlgorithmSpec] = {
                               lambda n, p: _fedavg(n, error_feedback(_randk_codec(p)), p)),
     "threshold": AlgorithmSpec(
         "Static threshold: send |x_j| >= tau",
-        {"tau": Param(1e-3, "threshold tau", check=_nonneg, rule=">= 0"),
+        {"tau": Param(1e-3, "threshold tau", check=nonneg, rule=">= 0"),
          "error_feedback": Param(False, "keep the dropped part as a residual", choices=(False, True)),
          **PRECISION, **COMMON},
         lambda n, p: _fedavg(n, (error_feedback if p["error_feedback"] else (lambda c: c))(
@@ -132,41 +100,37 @@ def _pick(p: Mapping[str, Any], *keys: str) -> dict[str, Any]:
     return {k: p[k] for k in keys}
 
 
-def _bool(doc: str, default: bool = False) -> Param:
-    return Param(default, doc, choices=(False, True))
-
-
 FEDSPARQ_PARAMS = {
     "beta": Param(0.9, "EMA factor of the per-tensor threshold", check=lambda v: 0 <= v < 1, rule="in [0, 1)"),
     "statistic": Param("mean_abs", "per-tensor statistic fed to the EMA",
                        choices=("mean_abs", "rms", "std", "max_abs")),
-    "factor": Param(1.0, "keep |u| >= factor * tau", check=_positive, rule="> 0"),
+    "factor": Param(1.0, "keep |u| >= factor * tau", check=positive, rule="> 0"),
     "values": Param("fp16", "precision of the kept values", choices=("fp16", "fp32")),
-    "error_feedback": _bool("keep the residual e_i (ablation: False)", True),
+    "error_feedback": boolean("keep the residual e_i (ablation: False)", True),
     "selection": Param("ema", "ema threshold | static threshold tau | random at the EMA's density",
                        choices=("ema", "static", "random")),
-    "tau": Param(1e-3, "the static threshold (selection = static)", check=_nonneg, rule=">= 0"),
+    "tau": Param(1e-3, "the static threshold (selection = static)", check=nonneg, rule=">= 0"),
     "residual": Param("full", "what e_i keeps: everything not delivered, or only the fp16 error of kept values",
                       choices=("full", "quantization_only")),
     "ema_init": Param("first", "EMA starts at the first statistic, or at 0", choices=("first", "zero")),
     "statistic_of": Param("update_plus_residual", "the statistic is taken of u = delta + e, or of delta",
                           choices=("update_plus_residual", "update")),
-    "strict": _bool("keep |u| > tau instead of >="),
-    "prox_mu": Param(0.01, "FedProx coefficient mu (ablation: 0)", check=_nonneg, rule=">= 0"),
-    "server_momentum": Param(0.9, "server momentum beta_s (ablation: 0)", check=_momentum, rule="in [0, 1)"),
-    "server_lr": Param(1.0, "server learning rate eta_s", check=_positive, rule="> 0"),
+    "strict": boolean("keep |u| > tau instead of >="),
+    "prox_mu": Param(0.01, "FedProx coefficient mu (ablation: 0)", check=nonneg, rule=">= 0"),
+    "server_momentum": Param(0.9, "server momentum beta_s (ablation: 0)", check=momentum_range, rule="in [0, 1)"),
+    "server_lr": Param(1.0, "server learning rate eta_s", check=positive, rule="> 0"),
 }
 KEEP_PERCENT = {
     "keep_percent": Param(0.001, "R: percent of each tensor's entries kept (0.001 = 1e-5 of them)",
                           check=lambda v: 0 < v <= 100, rule="in (0, 100]"),
-    "compat": _bool("FLARE reference code: 'k+1 per tensor' selection (and momentum reset at step p)"),
-    "server_lr": Param(1.0, "server learning rate", check=_positive, rule="> 0"),
+    "compat": boolean("FLARE reference code: 'k+1 per tensor' selection (and momentum reset at step p)"),
+    "server_lr": Param(1.0, "server learning rate", check=positive, rule="> 0"),
 }
 FLARE_PARAMS = {
     **KEEP_PERCENT,
-    "tau0": Param(0.05, "regulariser weight tau0 (0: EC)", check=_nonneg, rule=">= 0"),
+    "tau0": Param(0.05, "regulariser weight tau0 (0: EC)", check=nonneg, rule=">= 0"),
     "c": Param(1.1, "decay: tau_r = tau0 / c^(r+1)", check=lambda v: v >= 1, rule=">= 1"),
-    "p": Param(1, "regularised local steps per round", check=_nonneg, rule=">= 0"),
+    "p": Param(1, "regularised local steps per round", check=nonneg, rule=">= 0"),
     "t": Param(50.0, "mask percentile of |e| per tensor", check=lambda v: 0 <= v <= 100, rule="in [0, 100]"),
     "penalty": Param("l1", "distance of the regulariser", choices=("l1", "l2")),
 }
@@ -197,7 +161,7 @@ REGISTRY.update({
     "sparsyfed": AlgorithmSpec(
         "SparsyFed: Powerprop layers, activation pruning, global magnitude pruning, sparse states both ways",
         {**SPARSITY, "beta": Param(1.25, "Powerprop exponent", check=lambda v: v >= 1, rule=">= 1"),
-         "activation_pruning": _bool("prune saved activations at the layer's weight sparsity", True)},
+         "activation_pruning": boolean("prune saved activations at the layer's weight sparsity", True)},
         lambda n, p: SparsyFed(**p, name=n)),
     "topk_prune": AlgorithmSpec(
         "SparsyFed's Top-K baseline: plain layers, dense local training, the same global pruning",
