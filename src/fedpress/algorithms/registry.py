@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from fedpress.algorithms import fedcomloc
 from fedpress.algorithms.fedavg import FedAvg
 from fedpress.algorithms.fedsparq import FedSparQ
 from fedpress.algorithms.flare import EF21, FLARE, flare_uplink
@@ -174,6 +175,8 @@ REGISTRY.update({
     "flash": AlgorithmSpec("FLASH: dense warm-up round, then a fixed mask from the first global model",
                            SPARSITY, lambda n, p: FLASH(**p, name=n)),
 })
+
+REGISTRY.update(fedcomloc.SPECS)  # scaffnew, fedcomloc, scaffold
 
 
 def list_algorithms() -> list[str]:

@@ -61,6 +61,14 @@ class Experiment:
     algorithm: Any
     x0: torch.Tensor  # (d,) initial model state
 
+    @property
+    def wire(self):
+        """The layout of the messages: the model state, unless the algorithm sends more
+        (Scaffold's model and control variate: `wire_layout(model)`)."""
+        if hasattr(self.algorithm, "wire_layout"):
+            return self.algorithm.wire_layout(self.model)
+        return self.model.layout
+
 
 def client_partition(cfg: Config, labels: torch.Tensor) -> list[torch.Tensor]:
     """The clients' index tensors of a config: the one split its runs (and `fedpress partition`) use."""
@@ -80,6 +88,9 @@ def setup(cfg: Config) -> Experiment:
     except ValueError as e:
         raise ConfigError(f"[model] {e}") from None
     algorithm = build(cfg.algorithm.name, cfg.algorithm.params)
+    if getattr(algorithm, "plain_sgd", False) and cfg.train.momentum:
+        raise ConfigError(f"train.momentum = {cfg.train.momentum}: {cfg.algorithm.name} needs plain SGD local steps "
+                          f"(its control variates assume x <- x - lr (g - h)); set train.momentum = 0")
     if hasattr(algorithm, "prepare_model"):  # re-parameterised models (SparsyFed's Powerprop layers)
         module = algorithm.prepare_model(module, derive(cfg.seed, "init", "reparameterise"))
     model = FlatModel.of(module)
@@ -111,17 +122,15 @@ def run_round(exp: Experiment, p: Progress, executor, t: int) -> dict:
     sampled = sample_clients(cfg, t)
     rctx = RoundContext(t, cfg.seed, sampled, model, cfg.data.num_clients)
 
+    wire = exp.wire  # what messages are laid out as: the model state, or more (Scaffold)
     down, server = alg.broadcast(p.server, rctx)
-    if isinstance(down, dict):  # one message per client
-        received = {c: send(down[c], layout, p.ledger, t, DOWN, c).expand(layout) for c in sampled}
-    else:  # one broadcast, decoded once: every receiver gets the same bytes
-        x = send(down, layout, p.ledger, t, DOWN, BROADCAST, receivers=len(sampled)).expand(layout)
-        received = dict.fromkeys(sampled, x)
+    received = deliver(down if isinstance(down, dict) else dict.fromkeys(sampled, down), wire, p.ledger, t)
 
-    contexts = {c: ClientContext(t, c, int(exp.parts[c].numel()), cfg.seed, model) for c in sampled}
+    lr = cfg.train.lr_at(t, cfg.rounds)
+    contexts = {c: ClientContext(t, c, int(exp.parts[c].numel()), cfg.seed, model, lr) for c in sampled}
     states = {c: p.clients[c] if c in p.clients else alg.init_client(layout) for c in sampled}
-    plans = {c: alg.client_begin(states[c], received[c], contexts[c]) for c in sampled}
-    spec = TrainSpec(lr=cfg.train.lr_at(t, cfg.rounds), batch_size=cfg.train.batch_size, epochs=cfg.train.epochs,
+    plans = {c: alg.client_begin(states[c], received.get(c), contexts[c]) for c in sampled}
+    spec = TrainSpec(lr=lr, batch_size=cfg.train.batch_size, epochs=cfg.train.epochs,
                      steps=cfg.train.steps or None, momentum=cfg.train.momentum,
                      weight_decay=cfg.train.weight_decay)
     jobs = [Job(plans[c], exp.dataset.x_train[exp.parts[c]], exp.dataset.y_train[exp.parts[c]],
@@ -135,7 +144,7 @@ def run_round(exp: Experiment, p: Progress, executor, t: int) -> dict:
             continue
         msg, new_state = alg.client_end(states[c], plans[c], result, contexts[c])
         try:
-            arrived = send(msg, layout, p.ledger, t, UP, c)
+            arrived = send(msg, wire, p.ledger, t, UP, c)
         except WireError as e:
             if e.reason is not Reason.NON_FINITE:
                 raise
@@ -146,10 +155,15 @@ def run_round(exp: Experiment, p: Progress, executor, t: int) -> dict:
         uplinks.append(Uplink(c, arrived, float(contexts[c].num_samples)))
         losses.append(result.loss)
     p.server = alg.aggregate(server, uplinks, rctx)
+    if hasattr(alg, "reply") and uplinks:  # the server answers the clients that uploaded (Scaffnew's x_bar)
+        x_bar = send(alg.reply(p.server, rctx), wire, p.ledger, t, DOWN, BROADCAST, receivers=len(uplinks))
+        x_bar = x_bar.expand(wire)
+        for u in uplinks:
+            p.clients[u.client] = alg.client_reply(p.clients[u.client], x_bar, contexts[u.client])
     extra = alg.round_metrics(server, p.server, uplinks, rctx) if hasattr(alg, "round_metrics") else {}
 
-    kept = kept_per_tensor(uplinks, layout)  # (T,) values sent per tensor, summed over clients
-    sizes = torch.tensor([e.numel for e in layout], dtype=torch.float64) * max(len(uplinks), 1)
+    kept = kept_per_tensor(uplinks, wire)  # (T,) values sent per tensor, summed over clients
+    sizes = torch.tensor([e.numel for e in wire], dtype=torch.float64) * max(len(uplinks), 1)
     p.density.append((kept / sizes.clamp(min=1)).tolist())
     row: dict[str, Any] = {"round": t + 1, "test_accuracy": "", "test_loss": "",
                            "train_loss": sum(losses) / len(losses) if losses else "",
@@ -167,6 +181,25 @@ def run_round(exp: Experiment, p: Progress, executor, t: int) -> dict:
     p.round = t + 1
     p.rows.append(row)
     return row
+
+
+def deliver(down: dict, wire, ledger: Ledger, t: int) -> dict[int, torch.Tensor]:
+    """Send the round's downlink: {client: Message}. Clients missing from it already hold
+    what they need (their state says so). One Message object given to several clients is
+    one multicast: encoded and counted once with its number of receivers, decoded once,
+    so every receiver gets the same bytes."""
+    groups: dict[int, list[int]] = {}
+    for c, msg in down.items():
+        groups.setdefault(id(msg), []).append(c)
+    received = {}
+    for clients in groups.values():
+        msg = down[clients[0]]
+        if len(clients) == 1:
+            received[clients[0]] = send(msg, wire, ledger, t, DOWN, clients[0]).expand(wire)
+        else:
+            x = send(msg, wire, ledger, t, DOWN, BROADCAST, receivers=len(clients)).expand(wire)
+            received.update(dict.fromkeys(clients, x))
+    return received
 
 
 def kept_per_tensor(uplinks: list[Uplink], layout) -> torch.Tensor:
@@ -272,7 +305,7 @@ def write_outputs(exp: Experiment, p: Progress, out_dir: Path) -> dict:
         writer.writerows(p.ledger.to_rows())
     with open(out_dir / "density.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["round", *exp.model.layout.names])
+        writer.writerow(["round", *exp.wire.names])
         writer.writerows([[i + 1, *(f"{v:.6g}" for v in d)] for i, d in enumerate(p.density)])
     accs = [r["test_accuracy"] for r in rows if r["test_accuracy"] != ""]
     last = rows[-1]
