@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import os
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +80,73 @@ def save(obj: Any, path: str | Path) -> None:
 
 def load(path: str | Path) -> Any:
     return from_tree(torch.load(path, weights_only=True))
+
+
+# --- states as bytes: for Flower's Context.state, where only records of bytes persist ---
+
+_MAGIC = b"FPST"
+_DTYPES = {str(t).removeprefix("torch."): t for t in (torch.float32, torch.float16, torch.bfloat16, torch.float64,
+                                                      torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8,
+                                                      torch.bool)}
+
+
+def to_bytes(obj: Any) -> bytes:
+    """A state as one exact byte string: b"FPST", a u32 header length, a JSON header (the
+    tree of `to_tree` with each tensor replaced by its dtype, shape and byte range), the
+    tensors' raw little-endian bytes, and a CRC-32 of everything before it. No pickle."""
+    tensors: list[torch.Tensor] = []
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, torch.Tensor):
+            if str(node.dtype).removeprefix("torch.") not in _DTYPES:
+                raise TypeError(f"cannot store a {node.dtype} tensor in state bytes")
+            tensors.append(node.detach().contiguous().cpu())
+            return {_KIND: "tensor", "index": len(tensors) - 1}
+        if isinstance(node, list):
+            return [strip(x) for x in node]
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items()}
+        return node
+
+    tree = strip(to_tree(obj))
+    table, offset = [], 0
+    for t in tensors:
+        n = t.numel() * t.element_size()
+        table.append({"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "offset": offset,
+                      "nbytes": n})
+        offset += n
+    header = json.dumps({"tree": tree, "tensors": table}, separators=(",", ":")).encode()
+    body = b"".join(t.reshape(-1).view(torch.uint8).numpy().tobytes() for t in tensors)
+    data = _MAGIC + struct.pack("<I", len(header)) + header + body
+    return data + struct.pack("<I", zlib.crc32(data))
+
+
+def from_bytes(data: bytes) -> Any:
+    """The state `to_bytes` wrote; ValueError naming what is wrong for anything else."""
+    if len(data) < 12 or data[:4] != _MAGIC:
+        raise ValueError("state bytes: missing the FPST magic (not a fedpress state)")
+    if struct.unpack("<I", data[-4:])[0] != zlib.crc32(data[:-4]):
+        raise ValueError("state bytes: CRC-32 mismatch (corrupted or truncated)")
+    (hlen,) = struct.unpack("<I", data[4:8])
+    if 8 + hlen > len(data) - 4:
+        raise ValueError("state bytes: header length runs past the end")
+    header = json.loads(data[8 : 8 + hlen])
+    body = memoryview(data)[8 + hlen : -4]
+    tensors = []
+    for entry in header["tensors"]:
+        start, n = entry["offset"], entry["nbytes"]
+        if entry["dtype"] not in _DTYPES or start + n > len(body):
+            raise ValueError(f"state bytes: bad tensor entry {entry}")
+        raw = torch.frombuffer(bytearray(body[start : start + n]), dtype=torch.uint8)
+        tensors.append(raw.view(_DTYPES[entry["dtype"]]).reshape(entry["shape"]))
+
+    def fill(node: Any) -> Any:
+        if isinstance(node, list):
+            return [fill(x) for x in node]
+        if isinstance(node, dict):
+            if node.get(_KIND) == "tensor":
+                return tensors[node["index"]]
+            return {k: fill(v) for k, v in node.items()}
+        return node
+
+    return from_tree(fill(header["tree"]))

@@ -29,17 +29,18 @@ from typing import Any
 import torch
 
 from fedpress import state as state_io
-from fedpress.algorithms import ClientContext, RoundContext, Uplink, build
+from fedpress.algorithms import RoundContext, Uplink, build
 from fedpress.config import Config, dumps
 from fedpress.data import Dataset, load, partition
 from fedpress.errors import ConfigError
-from fedpress.local import FlatModel, LocalResult, TrainSpec, evaluate
+from fedpress.local import FlatModel, evaluate
 from fedpress.metrics.ledger import BROADCAST, DOWN, UP, Ledger
 from fedpress.models import build_model
 from fedpress.rng import derive, derive_numpy
-from fedpress.sim.executor import EXECUTORS, Job
-from fedpress.sim.transport import dense_frame_bytes, send
-from fedpress.wire import Reason, WireError
+from fedpress.sim.clients import InProcessClients
+from fedpress.sim.executor import EXECUTORS
+from fedpress.sim.transport import dense_frame_bytes, post
+from fedpress.wire import WireError, decode
 
 METRIC_COLUMNS = [
     "round", "wall_seconds", "test_accuracy", "test_loss", "train_loss", "clients", "rejected", "uplink_values",
@@ -116,50 +117,43 @@ def sample_clients(cfg: Config, round_: int) -> tuple[int, ...]:
 
 
 def run_round(exp: Experiment, p: Progress, executor, t: int) -> dict:
-    """One synchronous round t (0-based). Updates p in place; returns the metrics row."""
-    cfg, alg, model, layout = exp.config, exp.algorithm, exp.model, exp.model.layout
+    """One synchronous round t (0-based) of the simulator: every client in this process."""
+    return server_round(exp, p, InProcessClients(exp, p.clients, executor), t)
+
+
+def server_round(exp: Experiment, p: Progress, clients, t: int) -> dict:
+    """One synchronous round t, from the server's side of the wire. `clients` is the fleet:
+    `train(t, {client: bytes | None}) -> {client: ClientReply}` and `reply(t, clients, bytes)`
+    (the simulator's InProcessClients, or Flower's nodes). Updates p in place; returns the
+    metrics row. Every byte that leaves or reaches the server is counted here."""
+    cfg, alg, model = exp.config, exp.algorithm, exp.model
     started = time.perf_counter()
     sampled = sample_clients(cfg, t)
     rctx = RoundContext(t, cfg.seed, sampled, model, cfg.data.num_clients)
 
     wire = exp.wire  # what messages are laid out as: the model state, or more (Scaffold)
     down, server = alg.broadcast(p.server, rctx)
-    received = deliver(down if isinstance(down, dict) else dict.fromkeys(sampled, down), wire, p.ledger, t)
-
-    lr = cfg.train.lr_at(t, cfg.rounds)
-    contexts = {c: ClientContext(t, c, int(exp.parts[c].numel()), cfg.seed, model, lr) for c in sampled}
-    states = {c: p.clients[c] if c in p.clients else alg.init_client(layout) for c in sampled}
-    plans = {c: alg.client_begin(states[c], received.get(c), contexts[c]) for c in sampled}
-    spec = TrainSpec(lr=lr, batch_size=cfg.train.batch_size, epochs=cfg.train.epochs,
-                     steps=cfg.train.steps or None, momentum=cfg.train.momentum,
-                     weight_decay=cfg.train.weight_decay)
-    jobs = [Job(plans[c], exp.dataset.x_train[exp.parts[c]], exp.dataset.y_train[exp.parts[c]],
-                derive(cfg.seed, "train", t, c)) for c in sampled]
-    results: list[LocalResult] = executor.run(model, jobs, spec)
+    downlinks = post_downlinks(down if isinstance(down, dict) else dict.fromkeys(sampled, down), wire, p.ledger, t)
+    replies = clients.train(t, {c: downlinks.get(c) for c in sampled})
 
     uplinks, rejected, losses = [], 0, []
-    for c, result in zip(sampled, results, strict=True):
-        if not bool(torch.isfinite(result.x).all()):
-            rejected += 1  # a diverged client: its update is not averaged in, its state not kept
+    for c in sampled:  # client-id order, whatever order the replies came in
+        reply = replies.get(c)
+        if reply is None or reply.data is None:
+            rejected += 1  # no reply, or the client refused to send (diverged, fp16 overflow)
             continue
-        msg, new_state = alg.client_end(states[c], plans[c], result, contexts[c])
+        p.ledger.record(t, UP, c, len(reply.data))
         try:
-            arrived = send(msg, wire, p.ledger, t, UP, c)
-        except WireError as e:
-            if e.reason is not Reason.NON_FINITE:
-                raise
-            rejected += 1  # e.g. an fp16 overflow: refused at the sender, nothing averaged in
+            arrived = decode(reply.data, wire)
+        except WireError:
+            rejected += 1  # corrupt or foreign bytes: counted, never aggregated
             continue
-        if new_state is not None:
-            p.clients[c] = new_state
-        uplinks.append(Uplink(c, arrived, float(contexts[c].num_samples)))
-        losses.append(result.loss)
+        uplinks.append(Uplink(c, arrived, float(reply.num_samples)))
+        losses.append(reply.loss)
     p.server = alg.aggregate(server, uplinks, rctx)
     if hasattr(alg, "reply") and uplinks:  # the server answers the clients that uploaded (Scaffnew's x_bar)
-        x_bar = send(alg.reply(p.server, rctx), wire, p.ledger, t, DOWN, BROADCAST, receivers=len(uplinks))
-        x_bar = x_bar.expand(wire)
-        for u in uplinks:
-            p.clients[u.client] = alg.client_reply(p.clients[u.client], x_bar, contexts[u.client])
+        data = post(alg.reply(p.server, rctx), wire, p.ledger, t, DOWN, BROADCAST, receivers=len(uplinks))
+        clients.reply(t, [u.client for u in uplinks], data)
     extra = alg.round_metrics(server, p.server, uplinks, rctx) if hasattr(alg, "round_metrics") else {}
 
     kept = kept_per_tensor(uplinks, wire)  # (T,) values sent per tensor, summed over clients
@@ -183,23 +177,22 @@ def run_round(exp: Experiment, p: Progress, executor, t: int) -> dict:
     return row
 
 
-def deliver(down: dict, wire, ledger: Ledger, t: int) -> dict[int, torch.Tensor]:
-    """Send the round's downlink: {client: Message}. Clients missing from it already hold
-    what they need (their state says so). One Message object given to several clients is
-    one multicast: encoded and counted once with its number of receivers, decoded once,
-    so every receiver gets the same bytes."""
+def post_downlinks(down: dict, wire, ledger: Ledger, t: int) -> dict[int, bytes]:
+    """Encode and count the round's downlink {client: Message}. Clients missing from it
+    already hold what they need (their state says so). One Message object given to several
+    clients is one multicast: encoded and counted once with its number of receivers, and
+    every receiver gets the same bytes object."""
     groups: dict[int, list[int]] = {}
     for c, msg in down.items():
         groups.setdefault(id(msg), []).append(c)
-    received = {}
+    out = {}
     for clients in groups.values():
         msg = down[clients[0]]
         if len(clients) == 1:
-            received[clients[0]] = send(msg, wire, ledger, t, DOWN, clients[0]).expand(wire)
+            out[clients[0]] = post(msg, wire, ledger, t, DOWN, clients[0])
         else:
-            x = send(msg, wire, ledger, t, DOWN, BROADCAST, receivers=len(clients)).expand(wire)
-            received.update(dict.fromkeys(clients, x))
-    return received
+            out.update(dict.fromkeys(clients, post(msg, wire, ledger, t, DOWN, BROADCAST, receivers=len(clients))))
+    return out
 
 
 def kept_per_tensor(uplinks: list[Uplink], layout) -> torch.Tensor:

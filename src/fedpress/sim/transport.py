@@ -14,11 +14,19 @@ from fedpress.metrics.ledger import Ledger
 from fedpress.wire.message import Dense, Message
 
 
+def post(msg: Message, layout: Layout, ledger: Ledger, round_: int, direction: str, client: int,
+         receivers: int = 1) -> bytes:
+    """Encode and count: the bytes that leave the sender (WireError for what must not be
+    sent: NaN, fp16 overflow)."""
+    data = wire.encode(msg, layout)
+    ledger.record(round_, direction, client, len(data), receivers)
+    return data
+
+
 def send(msg: Message, layout: Layout, ledger: Ledger, round_: int, direction: str, client: int,
          receivers: int = 1) -> Message:
-    data = wire.encode(msg, layout)  # raises WireError for what must not be sent (NaN, overflow)
-    ledger.record(round_, direction, client, len(data), receivers)
-    return wire.decode(data, layout)
+    """One hop within a process: encode, count, and decode what the receiver gets."""
+    return wire.decode(post(msg, layout, ledger, round_, direction, client, receivers), layout)
 
 
 def dense_frame_bytes(layout: Layout) -> int:
