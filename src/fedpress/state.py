@@ -137,8 +137,12 @@ def from_bytes(data: bytes) -> Any:
         start, n = entry["offset"], entry["nbytes"]
         if entry["dtype"] not in _DTYPES or start + n > len(body):
             raise ValueError(f"state bytes: bad tensor entry {entry}")
+        dtype = _DTYPES[entry["dtype"]]
+        if n == 0:  # torch.frombuffer refuses an empty buffer
+            tensors.append(torch.empty(entry["shape"], dtype=dtype))
+            continue
         raw = torch.frombuffer(bytearray(body[start : start + n]), dtype=torch.uint8)
-        tensors.append(raw.view(_DTYPES[entry["dtype"]]).reshape(entry["shape"]))
+        tensors.append(raw.view(dtype).reshape(entry["shape"]))
 
     def fill(node: Any) -> Any:
         if isinstance(node, list):
