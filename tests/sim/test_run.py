@@ -2,6 +2,7 @@
 
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -187,15 +188,37 @@ def test_contexts_derive_shared_and_private_streams():
 
 
 def test_wire_errors_other_than_non_finite_are_not_swallowed(synthetic, monkeypatch):
+    """A client whose message cannot be encoded for a reason other than NaN/overflow is a bug: it raises."""
     cfg = tiny_config(rounds=1)
     exp = setup(cfg)
 
     def broken(*args, **kwargs):
         raise WireError(Reason.LAYOUT_MISMATCH, "test")
 
-    monkeypatch.setattr("fedpress.sim.rounds.send", broken)
+    monkeypatch.setattr("fedpress.sim.clients.wire.encode", broken)
     with pytest.raises(WireError):
         run_round(exp, fresh_progress(exp), Sequential(), 0)
+
+
+def test_a_corrupt_reply_is_counted_and_rejected_never_aggregated(synthetic):
+    """What a remote runtime can receive: bytes that are not a fedpress message."""
+    from fedpress.sim.clients import InProcessClients
+    from fedpress.sim.rounds import server_round
+
+    class Corrupting(InProcessClients):
+        def train(self, round_, downlinks):
+            replies = super().train(round_, downlinks)
+            first = min(replies)
+            replies[first] = replace(replies[first], data=replies[first].data[:-3])  # truncated
+            return replies
+
+    cfg = tiny_config(rounds=1)
+    exp = setup(cfg)
+    p = fresh_progress(exp)
+    row = server_round(exp, p, Corrupting(exp, p.clients, Sequential()), 0)
+    assert row["rejected"] == 1 and row["clients"] == cfg.clients_per_round - 1
+    ups = [e for e in p.ledger.entries if e.direction == "up"]
+    assert len(ups) == cfg.clients_per_round  # the corrupt bytes arrived: they are counted
 
 
 def test_ledger_per_client_view_adds_up_to_the_round_totals():

@@ -218,6 +218,15 @@ def run(
 ) -> dict:
     """Run a config to the end (or resume it), write the run directory, return the summary."""
     exp = setup(cfg)
+    out_dir, p = prepare(exp, out, resume)
+    clients = InProcessClients(exp, p.clients, EXECUTORS[cfg.executor]())
+    return drive(exp, p, clients, out_dir, progress=progress, on_round_end=on_round_end)
+
+
+def prepare(exp: Experiment, out: str | Path | None, resume: bool) -> tuple[Path, Progress]:
+    """The run directory and where the run stands: a fresh start, or its checkpoint (--resume),
+    which must belong to the same config."""
+    cfg = exp.config
     out_dir = Path(out) if out is not None else Path("runs") / cfg.name
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "checkpoint.pt"
@@ -232,11 +241,17 @@ def run(
         ledger = Ledger(dense_frame_bytes(exp.model.layout))
         p = Progress(0, exp.algorithm.init_server(exp.x0, exp.model.layout), {}, ledger, [])
     (out_dir / "config.toml").write_text(config_text)
+    return out_dir, p
 
-    executor = EXECUTORS[cfg.executor]()
+
+def drive(exp: Experiment, p: Progress, clients, out_dir: Path, *, progress: bool = True,
+          on_round_end: Callable[[dict], None] | None = None) -> dict:
+    """The rounds from where p stands to the end over a fleet of clients, with checkpoints;
+    then the outputs. The simulator and the Flower ServerApp both run this loop."""
+    cfg, checkpoint = exp.config, out_dir / "checkpoint.pt"
     bar = _progress_bar(cfg, p.round, progress)
     for t in range(p.round, cfg.rounds):
-        row = run_round(exp, p, executor, t)
+        row = server_round(exp, p, clients, t)
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(_postfix(p.rows))
