@@ -240,3 +240,16 @@ def test_scaffnew_reaches_the_optimum_where_fedavg_drifts(convex):
     assert scaffnew < 1e-5, scaffnew
     assert scaffold < 1e-5, scaffold
     assert fedavg > 1e-2, fedavg  # client drift: a fixed point that is not x*
+
+
+def test_a_diverged_server_model_ends_the_run_with_its_outputs(synthetic, tmp_path):
+    """FedComLoc-Global with a learning rate far too large: the average overflows, the server's
+    reply cannot be encoded; the run stops there and keeps every whole round before it."""
+    from fedpress.sim import run
+
+    cfg = scaffnew_config(**{"algorithm.name": "fedcomloc", "algorithm.variant": "global",
+                             "algorithm.compressor": "qsgd", "algorithm.bits": 4, "train.lr": 1e4, "rounds": 30})
+    summary = run(cfg, tmp_path, progress=False)
+    assert summary["diverged_at_round"] is not None and summary["rounds"] == summary["diverged_at_round"] - 1
+    ledger_rounds = {int(line.split(",")[0]) for line in (tmp_path / "ledger.csv").read_text().splitlines()[1:]}
+    assert ledger_rounds and ledger_rounds <= set(range(summary["rounds"]))  # nothing of the diverged round

@@ -20,8 +20,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ from fedpress.rng import derive, derive_numpy
 from fedpress.sim.clients import InProcessClients
 from fedpress.sim.executor import EXECUTORS
 from fedpress.sim.transport import dense_frame_bytes, post
-from fedpress.wire import WireError, decode
+from fedpress.wire import Reason, WireError, decode
 
 METRIC_COLUMNS = [
     "round", "wall_seconds", "test_accuracy", "test_loss", "train_loss", "clients", "rejected", "uplink_values",
@@ -133,7 +135,8 @@ def server_round(exp: Experiment, p: Progress, clients, t: int) -> dict:
 
     wire = exp.wire  # what messages are laid out as: the model state, or more (Scaffold)
     down, server = alg.broadcast(p.server, rctx)
-    downlinks = post_downlinks(down if isinstance(down, dict) else dict.fromkeys(sampled, down), wire, p.ledger, t)
+    with _diverged_if_not_finite(t, "the broadcast"):
+        downlinks = post_downlinks(down if isinstance(down, dict) else dict.fromkeys(sampled, down), wire, p.ledger, t)
     replies = clients.train(t, {c: downlinks.get(c) for c in sampled})
 
     uplinks, rejected, losses = [], 0, []
@@ -152,7 +155,8 @@ def server_round(exp: Experiment, p: Progress, clients, t: int) -> dict:
         losses.append(reply.loss)
     p.server = alg.aggregate(server, uplinks, rctx)
     if hasattr(alg, "reply") and uplinks:  # the server answers the clients that uploaded (Scaffnew's x_bar)
-        data = post(alg.reply(p.server, rctx), wire, p.ledger, t, DOWN, BROADCAST, receivers=len(uplinks))
+        with _diverged_if_not_finite(t, "the server's reply"):
+            data = post(alg.reply(p.server, rctx), wire, p.ledger, t, DOWN, BROADCAST, receivers=len(uplinks))
         clients.reply(t, [u.client for u in uplinks], data)
     extra = alg.round_metrics(server, p.server, uplinks, rctx) if hasattr(alg, "round_metrics") else {}
 
@@ -175,6 +179,24 @@ def server_round(exp: Experiment, p: Progress, clients, t: int) -> dict:
     p.round = t + 1
     p.rows.append(row)
     return row
+
+
+class Diverged(RuntimeError):
+    """The server's model went non-finite: nothing more can be sent."""
+
+    def __init__(self, round_: int, what: str):
+        super().__init__(f"round {round_ + 1}: {what} holds NaN or infinite values; the run diverged")
+        self.round = round_
+
+
+@contextmanager
+def _diverged_if_not_finite(round_: int, what: str):
+    try:
+        yield
+    except WireError as e:
+        if e.reason is Reason.NON_FINITE:
+            raise Diverged(round_, what) from e
+        raise
 
 
 def post_downlinks(down: dict, wire, ledger: Ledger, t: int) -> dict[int, bytes]:
@@ -250,8 +272,15 @@ def drive(exp: Experiment, p: Progress, clients, out_dir: Path, *, progress: boo
     then the outputs. The simulator and the Flower ServerApp both run this loop."""
     cfg, checkpoint = exp.config, out_dir / "checkpoint.pt"
     bar = _progress_bar(cfg, p.round, progress)
+    diverged = None
     for t in range(p.round, cfg.rounds):
-        row = server_round(exp, p, clients, t)
+        try:
+            row = server_round(exp, p, clients, t)
+        except Diverged as e:  # keep what was measured: the outputs end at the last whole round
+            p.ledger.entries = [entry for entry in p.ledger.entries if entry.round < t]
+            diverged = t + 1
+            print(f"fedpress: {e}; writing the {t} rounds before it", file=sys.stderr)
+            break
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(_postfix(p.rows))
@@ -262,7 +291,7 @@ def drive(exp: Experiment, p: Progress, clients, out_dir: Path, *, progress: boo
             on_round_end(row)
     if bar is not None:
         bar.close()
-    summary = write_outputs(exp, p, out_dir)
+    summary = write_outputs(exp, p, out_dir, diverged_at_round=diverged)
     checkpoint.unlink(missing_ok=True)  # the run is complete; its outputs are the record
     return summary
 
@@ -304,7 +333,7 @@ def write_metrics(rows: list[dict], path: Path) -> None:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
-def write_outputs(exp: Experiment, p: Progress, out_dir: Path) -> dict:
+def write_outputs(exp: Experiment, p: Progress, out_dir: Path, diverged_at_round: int | None = None) -> dict:
     cfg, rows = exp.config, p.rows
     write_metrics(rows, out_dir / "metrics.csv")
     with open(out_dir / "ledger.csv", "w", newline="") as f:
@@ -316,7 +345,12 @@ def write_outputs(exp: Experiment, p: Progress, out_dir: Path) -> dict:
         writer.writerow(["round", *exp.wire.names])
         writer.writerows([[i + 1, *(f"{v:.6g}" for v in d)] for i, d in enumerate(p.density)])
     accs = [r["test_accuracy"] for r in rows if r["test_accuracy"] != ""]
-    last = rows[-1]
+    last = rows[-1] if rows else dict.fromkeys(f"cum_{k}" for k in (
+        "uplink_bytes", "downlink_bytes", "downlink_broadcast_bytes", "dense_uplink_bytes", "dense_downlink_bytes"))
+    last = {k: v or 0 for k, v in last.items()}
+    final = accs[-1] if accs else math.nan
+    if diverged_at_round is not None:  # the model the run ended with, not the last evaluated one
+        final, _ = evaluate(exp.model, exp.algorithm.model(p.server), exp.dataset.x_test, exp.dataset.y_test)
     summary = {
         "name": cfg.name,
         "algorithm": cfg.algorithm.name,
@@ -324,7 +358,7 @@ def write_outputs(exp: Experiment, p: Progress, out_dir: Path) -> dict:
         "model": cfg.model.name,
         "num_parameters": exp.model.num_params,
         "rounds": len(rows),
-        "final_accuracy": accs[-1] if accs else math.nan,
+        "final_accuracy": final,
         "best_accuracy": max(accs) if accs else math.nan,
         "uplink_bytes": last["cum_uplink_bytes"],
         "downlink_bytes": last["cum_downlink_bytes"],
@@ -337,6 +371,7 @@ def write_outputs(exp: Experiment, p: Progress, out_dir: Path) -> dict:
         "uplink_values": sum(r["uplink_values"] for r in rows),
         "rejected_updates": sum(r["rejected"] for r in rows),
         "wall_seconds": sum(r["wall_seconds"] for r in rows),
+        "diverged_at_round": diverged_at_round,  # None: the run went to the end
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     try:
