@@ -1,0 +1,25 @@
+"""fedpress on Flower (flwr 1.41): every algorithm of the registry as a Flower app.
+
+    from fedpress.flower import client_app, server_app, run_flower
+
+Needs the `flower` extra (`pip install fedpress[flower]`). No algorithm module imports
+flwr: the apps are built from the simulator's own parts (see apps.py).
+"""
+
+from fedpress.flower.apps import ConfigSource, FixedSource, GridClients, client_app, run_flower, server_app
+from fedpress.flower.records import STATE_STYPE, WIRE_STYPE, load_state, save_state, wire_bytes, wire_record
+
+__all__ = [
+    "STATE_STYPE",
+    "WIRE_STYPE",
+    "ConfigSource",
+    "FixedSource",
+    "GridClients",
+    "client_app",
+    "load_state",
+    "run_flower",
+    "save_state",
+    "server_app",
+    "wire_bytes",
+    "wire_record",
+]
