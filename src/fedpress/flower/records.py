@@ -34,18 +34,18 @@ def wire_bytes(record: ArrayRecord) -> bytes:
     return array.data
 
 
-def save_state(context: Context, state: Any) -> None:
+def save_state(context: Context, state: Any, key: str = STATE_KEY) -> None:
     """A client's algorithm state into Context.state, as state bytes (kept by the SuperNode)."""
     data = state_io.to_bytes(state)
-    context.state[STATE_KEY] = ArrayRecord(
+    context.state[key] = ArrayRecord(
         {"state": Array(dtype="bytes", shape=(len(data),), stype=STATE_STYPE, data=data)})
 
 
-def load_state(context: Context) -> tuple[bool, Any]:
+def load_state(context: Context, key: str = STATE_KEY) -> tuple[bool, Any]:
     """(found, state): found is False when this node has no fedpress state yet."""
-    if STATE_KEY not in context.state:
+    if key not in context.state:
         return False, None
-    array = context.state[STATE_KEY]["state"]
+    array = context.state[key]["state"]
     if array.stype != STATE_STYPE:
-        raise NotFedpress(f"Context.state[{STATE_KEY!r}] is not a fedpress state")
+        raise NotFedpress(f"Context.state[{key!r}] is not a fedpress state")
     return True, state_io.from_bytes(array.data)

@@ -1,0 +1,3 @@
+"""The simulator tests' synthetic dataset, for the Flower tests too."""
+
+from tests.sim.conftest import synthetic  # noqa: F401

@@ -1,0 +1,49 @@
+"""fedpress algorithms on Flower's simulation engine give the simulator's bytes and model, bit for bit."""
+
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+from fedpress.flower import FixedSource, run_flower  # noqa: E402
+from fedpress.sim import run, setup  # noqa: E402
+from tests.sim.conftest import tiny_config  # noqa: E402
+from tests.sim.test_run import rows  # noqa: E402
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def ledger_rows(path):
+    return [r for r in (path / "ledger.csv").read_text().splitlines()]
+
+
+# Each case starts Ray (about 20 s on an idle 2-core machine): two in the default run, the rest opt-in.
+@pytest.mark.parametrize("algorithm", [
+    {"name": "topk_ef", "ratio": 0.05},
+    {"name": "scaffnew"},  # the server's reply to the uploaders, and state kept in Context.state
+    pytest.param({"name": "fedavg"}, marks=pytest.mark.slow),
+    pytest.param({"name": "fedsparq"}, marks=pytest.mark.slow),
+    pytest.param({"name": "flare", "keep_percent": 5.0}, marks=pytest.mark.slow),
+], ids=lambda a: a["name"])
+def test_flower_simulation_equals_the_simulator(synthetic, one_thread, tmp_path, algorithm):
+    overrides = {"rounds": 3, "data.num_clients": 4, "clients_per_round": 3, "checkpoint_every": 0,
+                 **{f"algorithm.{k}": v for k, v in algorithm.items()}}
+    if algorithm["name"] == "scaffnew":
+        overrides["train.momentum"] = 0.0
+    cfg = tiny_config(**overrides)
+    reference = run(cfg, tmp_path / "sim", progress=False)
+    exp = setup(cfg)
+    flower = run_flower(cfg, tmp_path / "flower", exp=exp, source=FixedSource(exp), progress=False, cpus=2)
+    assert ledger_rows(tmp_path / "flower") == ledger_rows(tmp_path / "sim")
+    sim_rows, fl_rows = rows(tmp_path / "sim" / "metrics.csv"), rows(tmp_path / "flower" / "metrics.csv")
+    for a, b in zip(sim_rows, fl_rows, strict=True):
+        for key in ("test_accuracy", "test_loss", "train_loss", "uplink_bytes", "downlink_bytes", "clients"):
+            assert a[key] == b[key], key
+        assert int(b["flower_uplink_bytes"]) >= int(b["uplink_bytes"])  # the frames, plus record keys
+    assert flower["final_accuracy"] == reference["final_accuracy"]
