@@ -18,15 +18,21 @@ from fedpress.errors import ConfigError
 
 def _run(args) -> int:
     from fedpress.config import load
-    from fedpress.sim import run
+    from fedpress.sim import asynchronous, run
 
     cfg = load(args.config, args.set)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
-    summary = run(cfg, out, resume=args.resume, progress=not args.quiet)
+    engine = asynchronous.run if cfg.is_async else run  # fedbuff, qafel, naive: the virtual-clock engine
+    summary = engine(cfg, out, resume=args.resume, progress=not args.quiet)
     mb = (summary["uplink_bytes"] + summary["downlink_bytes"]) / 1e6
     print(f"{cfg.name}: final accuracy {100 * summary['final_accuracy']:.2f}%, "
           f"best {100 * summary['best_accuracy']:.2f}%, sent {mb:,.2f} MB "
           f"(uplink {summary['uplink_compression']:.1f}x smaller than fp32) -> {out}")
+    if cfg.is_async:
+        objective = f", training objective {summary['final_train_objective']:.10g}" \
+            if "final_train_objective" in summary else ""
+        print(f"  {summary['server_steps']} server steps, {summary['uploads']} uploads, virtual time "
+              f"{summary['virtual_time']:.1f}, mean staleness {summary['mean_staleness']:.2f}{objective}")
     return 0
 
 

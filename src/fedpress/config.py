@@ -9,6 +9,8 @@
     [model]      name, and the model's own options
     [train]      epochs | steps, batch_size, lr, momentum, weight_decay, lr_schedule, ...
     [algorithm]  name, and that algorithm's hyperparameters (ratio, precision, ...)
+    [async]      asynchronous algorithms only (fedbuff, qafel, naive): arrivals, durations,
+                 staleness weighting; `rounds` then counts server steps
 
 `load(path, overrides)` reads a file and applies `--set dotted.key=value` overrides; an
 unknown key or a bad value raises ConfigError naming the key and what is allowed.
@@ -24,11 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedpress.algorithms.fedbuff import SPECS as ASYNC_SPECS
 from fedpress.algorithms.registry import REGISTRY, resolve_params
 from fedpress.errors import ConfigError
 
 LR_SCHEDULES = ("constant", "exponential", "step", "cosine")
 EXECUTORS = ("sequential",)
+ASYNC_ALGORITHMS = tuple(ASYNC_SPECS)  # run by sim/asynchronous.py, configured by [async]
+ARRIVALS = ("concurrency", "rate")
+DURATIONS = ("half_normal", "exponential", "constant")
+STALENESS = ("constant", "polynomial", "hinge")
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,33 @@ class DataConfig:
 class ModelConfig:
     name: str = "lenet5"
     options: dict = field(default_factory=dict)  # the model's own keys
+    outputs: int = 0  # 0: one per class; 1: one logit and the binary logistic loss (asynchronous engine)
+
+
+@dataclass(frozen=True)
+class AsyncConfig:
+    """The virtual clock of the asynchronous engine (spec §1.8, §5.4, §5.6.7).
+
+    Starts: `concurrency` keeps that many clients training (each arrival starts an idle
+    client at once: QAFeL's logistic-regression code, where all 100 clients always train);
+    `rate` starts one client every 1/rate time units (FLSim's constant training rate),
+    skipped while every client is busy. Durations: |N(0, 1)|, Exp(1) or 1, times `scale`,
+    divided by a per-client speed factor exp(speed_sigma z_c), z_c ~ N(0, 1) drawn once.
+    Staleness weight w(τ): constant 1, polynomial 1/(1+τ)^a, or hinge (1 for τ <= b, else
+    1/(1 + a(τ − b))); updates older than max_staleness (>= 0) are dropped.
+    """
+
+    arrivals: str = "concurrency"
+    concurrency: int = 100
+    rate: float = 125.0
+    duration: str = "half_normal"
+    scale: float = 1.0
+    speed_sigma: float = 0.0
+    staleness: str = "constant"
+    a: float = 0.5
+    b: float = 4.0
+    max_staleness: int = -1  # -1: no limit
+    eval_train: bool = False  # also evaluate the l2-regularised training objective (float64) at eval steps
 
 
 @dataclass(frozen=True)
@@ -89,18 +123,26 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    asynchronous: AsyncConfig | None = None  # the [async] table; set exactly for asynchronous algorithms
+
+    @property
+    def is_async(self) -> bool:
+        return self.asynchronous is not None
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as TOML-shaped nested dicts (open tables flattened back)."""
         top = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not dataclasses.is_dataclass(
-            getattr(self, f.name))}
+            getattr(self, f.name)) and f.name != "asynchronous"}
+        tables = {"async": dataclasses.asdict(self.asynchronous)} if self.asynchronous is not None else {}
         return {
             **top,
             "data": {"dataset": self.data.dataset, "num_clients": self.data.num_clients,
                      "partition": self.data.partition, "normalize": self.data.normalize, **self.data.params},
-            "model": {"name": self.model.name, **self.model.options},
+            "model": {"name": self.model.name, **self.model.options,
+                      **({"outputs": self.model.outputs} if self.model.outputs else {})},
             "train": dataclasses.asdict(self.train),
             "algorithm": {"name": self.algorithm.name, **self.algorithm.params},
+            **tables,
         }
 
 
@@ -141,7 +183,7 @@ def _require(ok: bool, message: str) -> None:
 def from_dict(raw: Mapping[str, Any]) -> Config:
     raw = dict(raw)
     tables = {}
-    for name in ("data", "model", "train", "algorithm"):
+    for name in ("data", "model", "train", "algorithm", "async"):
         table = raw.pop(name, {})
         _require(isinstance(table, dict), f"[{name}] must be a table, got {table!r}")
         tables[name] = dict(table)
@@ -151,16 +193,27 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     _require(cfg.eval_every >= 1, f"eval_every = {cfg.eval_every} must be >= 1")
     _require(cfg.checkpoint_every >= 0, "checkpoint_every must be >= 0 (0: no checkpoints)")
     _require(cfg.executor in EXECUTORS, f"executor = {cfg.executor!r}; allowed: {list(EXECUTORS)}")
+    algorithm = _algorithm(tables["algorithm"])
+    model = _model(tables["model"])
+    is_async = algorithm.name in ASYNC_ALGORITHMS
+    _require(is_async or not tables["async"],
+             f"[async] configures the asynchronous algorithms ({', '.join(ASYNC_ALGORITHMS)}); "
+             f"algorithm.name = {algorithm.name!r} runs in synchronous rounds")
+    _require(is_async or not model.outputs,
+             f"model.outputs is read by the asynchronous engine only ({', '.join(ASYNC_ALGORITHMS)}); "
+             f"the synchronous loop builds one output per class")
+    data = _data(tables["data"], cfg, is_async)
     return dataclasses.replace(
         cfg,
-        data=_data(tables["data"], cfg),
-        model=_model(tables["model"]),
+        data=data,
+        model=model,
         train=_train(tables["train"]),
-        algorithm=_algorithm(tables["algorithm"]),
+        algorithm=algorithm,
+        asynchronous=_async(tables["async"], data.num_clients) if is_async else None,
     )
 
 
-def _data(table: dict, cfg: Config) -> DataConfig:
+def _data(table: dict, cfg: Config, is_async: bool = False) -> DataConfig:
     from fedpress.data import list_datasets
     from fedpress.data.partition import PARTITIONERS
 
@@ -172,7 +225,7 @@ def _data(table: dict, cfg: Config) -> DataConfig:
     _require(dataset in list_datasets(), f"data.dataset = {dataset!r}; allowed: {', '.join(list_datasets())}")
     _require(partition in PARTITIONERS, f"data.partition = {partition!r}; allowed: {', '.join(PARTITIONERS)}")
     _require(num_clients >= 1, "data.num_clients must be >= 1")
-    _require(1 <= cfg.clients_per_round <= num_clients,
+    _require(is_async or 1 <= cfg.clients_per_round <= num_clients,  # async: [async] concurrency instead
              f"clients_per_round = {cfg.clients_per_round} must be in [1, data.num_clients = {num_clients}]")
     entry = PARTITIONERS[partition]
     params = table if table or partition != d.partition else dict(d.params)
@@ -189,12 +242,31 @@ def _model(table: dict) -> ModelConfig:
     from fedpress.models import list_models, model_options
 
     name = _check_type("model.name", table.pop("name", ModelConfig.name), ModelConfig.name)
+    outputs = _check_type("model.outputs", table.pop("outputs", ModelConfig.outputs), ModelConfig.outputs)
     _require(name in list_models(), f"model.name = {name!r}; allowed: {', '.join(list_models())}")
+    _require(outputs in (0, 1), f"model.outputs = {outputs}; allowed: 0 (one per class), "
+                                f"1 (one logit, binary logistic loss)")
     allowed = model_options(name)
     for key in table:
         _require(key in allowed, f"model.{key} is not an option of model {name!r}; "
-                                 f"allowed: name, {', '.join(allowed) or '(none)'}")
-    return ModelConfig(name, table)
+                                 f"allowed: name, outputs, {', '.join(allowed) or '(none)'}")
+    return ModelConfig(name, table, outputs)
+
+
+def _async(table: dict, num_clients: int) -> AsyncConfig:
+    a = AsyncConfig(**_fixed(AsyncConfig, table, "async."))
+    _require(a.arrivals in ARRIVALS, f"async.arrivals = {a.arrivals!r}; allowed: {list(ARRIVALS)}")
+    _require(a.duration in DURATIONS, f"async.duration = {a.duration!r}; allowed: {list(DURATIONS)}")
+    _require(a.staleness in STALENESS, f"async.staleness = {a.staleness!r}; allowed: {list(STALENESS)}")
+    _require(1 <= a.concurrency <= (num_clients if a.arrivals == "concurrency" else a.concurrency),
+             f"async.concurrency = {a.concurrency} must be in [1, data.num_clients = {num_clients}]")
+    _require(a.rate > 0 and math.isfinite(a.rate), f"async.rate = {a.rate} must be > 0")
+    _require(a.scale > 0 and math.isfinite(a.scale), f"async.scale = {a.scale} must be > 0")
+    _require(a.speed_sigma >= 0, f"async.speed_sigma = {a.speed_sigma} must be >= 0")
+    _require(a.a >= 0, f"async.a = {a.a} must be >= 0")
+    _require(a.b >= 0, f"async.b = {a.b} must be >= 0")
+    _require(a.max_staleness >= -1, f"async.max_staleness = {a.max_staleness} must be >= 0, or -1 (no limit)")
+    return a
 
 
 def _train(table: dict) -> TrainConfig:

@@ -9,6 +9,10 @@ gradient offset such as Scaffnew's control variate, a point at which to take gra
 such as FedComLoc-Local's compressed model). Because a plan is data and training is a
 pure function of (plan, data, generator), an executor may run clients one by one, in a
 batch, or in other processes.
+
+The loss is cross-entropy over the model's logits, or, for a model with one output, the
+binary logistic loss on labels in {0, 1} (QAFeL's logistic regression, spec §5.4); with
+`TrainSpec.weight_decay = λ` the local objective is the ℓ2-regularised f_i(x) + λ/2 ||x||².
 """
 
 from __future__ import annotations
@@ -67,6 +71,19 @@ class FlatModel:
         """Named views into a flat state, for functional_call."""
         P = self.num_params
         return {**self.param_layout.unflatten(x[:P]), **self.buffer_layout.unflatten(x[P:])}
+
+
+def loss_of(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy; for one logit per sample, the binary logistic loss
+    log(1 + exp(z)) − y z with y in {0, 1} (QAFeL's `log_reg_utils.f`)."""
+    if logits.shape[1] == 1:
+        return F.binary_cross_entropy_with_logits(logits[:, 0], targets.to(logits.dtype), reduction=reduction)
+    return F.cross_entropy(logits, targets, reduction=reduction)
+
+
+def predictions(logits: torch.Tensor) -> torch.Tensor:
+    """Predicted classes: argmax, or z > 0 for one logit."""
+    return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
 
 
 @dataclass(frozen=True)
@@ -185,7 +202,7 @@ def train(
                     point = [t.clone().requires_grad_(True) for t in model.param_layout.unflatten(moved).values()]
                     logits = functional_call(model.module, {**state, **dict(zip(names, point, strict=True))},
                                              (inputs[idx],))
-                loss = F.cross_entropy(logits, targets[idx])
+                loss = loss_of(logits, targets[idx])
                 penalized = plan.penalty is not None and (plan.penalty_steps is None or step < plan.penalty_steps)
                 objective = loss + plan.penalty(_flat(point), step) if penalized else loss
                 grads = list(torch.autograd.grad(objective, point))
@@ -209,7 +226,7 @@ def train(
 @torch.no_grad()
 def evaluate(model: FlatModel, x: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
              batch_size: int = 2000) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of the model state x on a labelled set."""
+    """(accuracy, mean loss) of the model state x on a labelled set (the loss of `loss_of`)."""
     if targets.numel() == 0:
         return float("nan"), float("nan")
     model.module.eval()
@@ -218,6 +235,6 @@ def evaluate(model: FlatModel, x: torch.Tensor, inputs: torch.Tensor, targets: t
     for at in range(0, targets.numel(), batch_size):
         logits = functional_call(model.module, state, (inputs[at : at + batch_size],))
         y = targets[at : at + batch_size]
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
+        loss += float(loss_of(logits, y, reduction="sum"))
+        correct += int((predictions(logits) == y).sum())
     return correct / targets.numel(), loss / targets.numel()

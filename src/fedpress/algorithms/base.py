@@ -15,8 +15,19 @@ synchronous simulator, the asynchronous engine, Flower) calls them in this order
         server = alg.aggregate(server, uplinks, round_ctx)
     evaluate alg.model(server)
 
-Asynchronous algorithms (FedBuff, QAFeL) also define `receive(server, uplink, ctx)` and
-`flush(server, ctx)`; the asynchronous engine calls those instead of `aggregate`.
+Asynchronous algorithms (FedBuff, QAFeL, Naive; `algorithms/fedbuff.py`) replace
+`broadcast`/`aggregate` with the steps the asynchronous engine (`sim/asynchronous.py`) calls:
+
+    msg = alg.join(server, round_ctx)                # Message | None: the first download of a
+                                                     # client (QAFeL's x̂), counted separately
+    down, server = alg.dispatch(server, client_ctx)  # Message | None: what a client starting now
+                                                     # downloads; None: it starts from its synced copy
+    plan = alg.client_begin(...) ; up, state = alg.client_end(...)       # as above
+    server = alg.receive(server, uplink, round_ctx)  # one arrival; uplink.staleness, .staleness_weight
+    if alg.ready(server):
+        server, q = alg.flush(server, round_ctx)     # server step; q: Message | None, multicast to
+                                                     # every client that joined
+        copy = alg.apply_broadcast(copy, q, layout)  # what each of those clients does with q
 Optional hooks: `prepare_model(module, generator)` re-parameterises the model once before
 the run (SparsyFed); `round_metrics(before, after, uplinks, ctx) -> {name: number}` adds
 the method's own measurements to the round's metrics row.
@@ -88,6 +99,7 @@ class Uplink:
     message: Message
     weight: float  # n_i, the client's number of samples
     staleness: int = 0  # server steps since the client started (asynchronous runtimes)
+    staleness_weight: float = 1.0  # w(staleness), from the asynchronous engine's [async] staleness rule
 
 
 class Algorithm(Protocol):

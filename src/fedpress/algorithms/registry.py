@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fedpress.algorithms import fedcomloc
+from fedpress.algorithms import fedbuff, fedcomloc
 from fedpress.algorithms.fedavg import FedAvg
 from fedpress.algorithms.fedsparq import FedSparQ
 from fedpress.algorithms.flare import EF21, FLARE, flare_uplink
@@ -177,6 +177,7 @@ REGISTRY.update({
 })
 
 REGISTRY.update(fedcomloc.SPECS)  # scaffnew, fedcomloc, scaffold
+REGISTRY.update(fedbuff.SPECS)  # fedbuff, qafel, naive (asynchronous)
 
 
 def list_algorithms() -> list[str]:

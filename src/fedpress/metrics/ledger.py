@@ -6,6 +6,11 @@ so both views exist: counted once (multicast, as QAFeL's spreadsheets count it) 
 counted per receiving client (unicast, what each device downloads). Next to the real
 bytes the ledger keeps the dense fp32 equivalent: the length of one fp32 frame of the
 full model, measured once by encoding it, times the messages sent.
+
+A third direction, JOIN, marks the first full download a client receives before it keeps
+a state in sync from compressed broadcasts (QAFeL's x̂). It is a downlink and counts in
+every downlink total; `initial_totals` shows it separately (spec §5.6.3: the authors did
+not count it).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 UP, DOWN = "up", "down"
+JOIN = "join"  # a downlink: the first full state a client receives (asynchronous engine)
 BROADCAST = -1  # the client id of a message sent to several clients at once
 
 
@@ -31,8 +37,8 @@ class Ledger:
     entries: list[Entry] = field(default_factory=list)
 
     def record(self, round_: int, direction: str, client: int, nbytes: int, receivers: int = 1) -> None:
-        if direction not in (UP, DOWN):
-            raise ValueError(f"ledger direction must be {UP!r} or {DOWN!r}, got {direction!r}")
+        if direction not in (UP, DOWN, JOIN):
+            raise ValueError(f"ledger direction must be {UP!r}, {DOWN!r} or {JOIN!r}, got {direction!r}")
         self.entries.append(Entry(round_, direction, client, int(nbytes), int(receivers)))
 
     def _of_round(self, round_: int) -> list[Entry]:
@@ -48,13 +54,19 @@ class Ledger:
     def round_totals(self, round_: int) -> dict[str, int]:
         entries = self._of_round(round_)
         up = [e for e in entries if e.direction == UP]
-        down = [e for e in entries if e.direction == DOWN]
+        down = [e for e in entries if e.direction != UP]  # DOWN and JOIN
         return {
             "uplink_bytes": sum(e.nbytes for e in up),
             "downlink_bytes": sum(e.nbytes * e.receivers for e in down),
             "downlink_broadcast_bytes": sum(e.nbytes for e in down),
             "dense_uplink_bytes": self.dense_bytes * len(up),
             "dense_downlink_bytes": self.dense_bytes * sum(e.receivers for e in down),
+        }
+
+    def initial_totals(self, round_: int) -> dict[str, int]:
+        """The JOIN part of the round's downlink: first downloads, per receiving client."""
+        return {
+            "initial_downlink_bytes": sum(e.nbytes * e.receivers for e in self._of_round(round_) if e.direction == JOIN)
         }
 
     def per_client(self) -> dict[int, dict[str, int]]:
