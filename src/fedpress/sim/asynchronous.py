@@ -41,7 +41,7 @@ import torch
 
 from fedpress import state as state_io
 from fedpress.algorithms import ClientContext, RoundContext, Uplink
-from fedpress.config import AsyncConfig, Config, dumps
+from fedpress.config import AsyncConfig, Config
 from fedpress.errors import ConfigError
 from fedpress.local import FlatModel, TrainSpec, evaluate
 from fedpress.metrics.ledger import BROADCAST, DOWN, JOIN, UP, Ledger
@@ -373,20 +373,9 @@ def run(
     """Run an asynchronous config to `rounds` server steps (or resume it); write the run
     directory as `fedpress.sim.run` does, plus the virtual-clock columns; return the summary."""
     exp = setup(cfg)
-    out_dir = Path(out) if out is not None else Path("runs") / cfg.name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, found = rounds.run_dir(cfg, out, resume)
+    p = _load_checkpoint(found) if found is not None else fresh(exp)
     checkpoint = out_dir / "checkpoint.pt"
-    config_text = dumps(cfg)
-    if resume and checkpoint.exists():
-        previous = (out_dir / "config.toml").read_text() if (out_dir / "config.toml").exists() else ""
-        if previous != config_text:
-            raise ConfigError(
-                f"--resume: {out_dir} holds a run of a different config; use another --out or the same config"
-            )
-        p = _load_checkpoint(checkpoint)
-    else:
-        p = fresh(exp)
-    (out_dir / "config.toml").write_text(config_text)
 
     engine = Engine(exp, p, executor if executor is not None else EXECUTORS[cfg.executor]())
     bar = _progress_bar(cfg, p.round, progress)

@@ -245,25 +245,31 @@ def run(
     return drive(exp, p, clients, out_dir, progress=progress, on_round_end=on_round_end)
 
 
-def prepare(exp: Experiment, out: str | Path | None, resume: bool) -> tuple[Path, Progress]:
-    """The run directory and where the run stands: a fresh start, or its checkpoint (--resume),
-    which must belong to the same config."""
-    cfg = exp.config
+def run_dir(cfg: Config, out: str | Path | None, resume: bool) -> tuple[Path, Path | None]:
+    """The run directory, with the resolved config written into it, and the checkpoint to
+    resume from (None: start afresh). A checkpoint of a different config is refused. Both
+    engines, synchronous and asynchronous, open their runs here."""
     out_dir = Path(out) if out is not None else Path("runs") / cfg.name
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "checkpoint.pt"
     config_text = dumps(cfg)
-    if resume and checkpoint.exists():
+    found = resume and checkpoint.exists()
+    if found:
         previous = (out_dir / "config.toml").read_text() if (out_dir / "config.toml").exists() else ""
         if previous != config_text:
             raise ConfigError(f"--resume: {out_dir} holds a run of a different config; "
                               f"use another --out or the same config")
-        p = _load_checkpoint(checkpoint)
-    else:
-        ledger = Ledger(dense_frame_bytes(exp.model.layout))
-        p = Progress(0, exp.algorithm.init_server(exp.x0, exp.model.layout), {}, ledger, [])
     (out_dir / "config.toml").write_text(config_text)
-    return out_dir, p
+    return out_dir, checkpoint if found else None
+
+
+def prepare(exp: Experiment, out: str | Path | None, resume: bool) -> tuple[Path, Progress]:
+    """The run directory and where the run stands: a fresh start, or its checkpoint (--resume)."""
+    out_dir, checkpoint = run_dir(exp.config, out, resume)
+    if checkpoint is not None:
+        return out_dir, _load_checkpoint(checkpoint)
+    ledger = Ledger(dense_frame_bytes(exp.model.layout))
+    return out_dir, Progress(0, exp.algorithm.init_server(exp.x0, exp.model.layout), {}, ledger, [])
 
 
 def drive(exp: Experiment, p: Progress, clients, out_dir: Path, *, progress: bool = True,
