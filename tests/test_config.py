@@ -39,6 +39,7 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     ({"algorithm": {"name": "topk", "precision": "fp8"}}, "algorithm.precision = 'fp8' is not allowed"),
     ({"algorithm": {"name": "fedavg", "ratio": 0.1}}, "algorithm.ratio is not a hyperparameter of 'fedavg'"),
     ({"algorithm": {"name": "qsgd", "levels": "many"}}, "algorithm.levels = 'many' must be a int"),
+    ({"round_timeout": -1.0}, r"round_timeout = -1.0 must be >= 0 seconds"),
 ])
 def test_bad_configs_name_the_key_and_what_is_allowed(change, message):
     raw = base()

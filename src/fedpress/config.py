@@ -119,6 +119,7 @@ class Config:
     eval_every: int = 5
     checkpoint_every: int = 10
     executor: str = "sequential"
+    round_timeout: float = 0.0  # Flower: seconds a round waits for replies; the rest are lost (0: no limit)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -193,6 +194,8 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     _require(cfg.eval_every >= 1, f"eval_every = {cfg.eval_every} must be >= 1")
     _require(cfg.checkpoint_every >= 0, "checkpoint_every must be >= 0 (0: no checkpoints)")
     _require(cfg.executor in EXECUTORS, f"executor = {cfg.executor!r}; allowed: {list(EXECUTORS)}")
+    _require(cfg.round_timeout >= 0 and math.isfinite(cfg.round_timeout),
+             f"round_timeout = {cfg.round_timeout} must be >= 0 seconds (0: no limit)")
     algorithm = _algorithm(tables["algorithm"])
     model = _model(tables["model"])
     is_async = algorithm.name in ASYNC_ALGORITHMS

@@ -175,7 +175,7 @@ def server_app(exp: Experiment, out: str | Path | None = None, *, resume: bool =
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         out_dir, p = prepare(exp, out, resume)
-        clients = GridClients(grid, exp, timeout)
+        clients = GridClients(grid, exp, timeout if timeout is not None else exp.config.round_timeout or None)
         result["summary"] = drive(exp, p, clients, out_dir, progress=progress, on_round_end=clients.annotate)
 
     return app
