@@ -60,7 +60,7 @@ class ConfigSource:
     def of(cls, cfg: Config) -> ConfigSource:
         return cls(dumps(cfg))
 
-    def __call__(self) -> Experiment:
+    def __call__(self, context: Context | None = None) -> Experiment:
         if self.config_text not in self._cache:
             self._cache[self.config_text] = setup(from_dict(tomllib.loads(self.config_text)))
         return self._cache[self.config_text]
@@ -73,8 +73,28 @@ class FixedSource:
     def __init__(self, exp: Experiment):
         self.exp = exp
 
-    def __call__(self) -> Experiment:
+    def __call__(self, context: Context | None = None) -> Experiment:
         return self.exp
+
+
+class RunConfigSource:
+    """The Experiment named by the run config of `flwr run`: `config` (a TOML path) and
+    `overrides` (space-separated dotted.key=value, as --set), built once per process."""
+
+    _cache: dict[tuple[str, str], Experiment] = {}
+
+    def __call__(self, context: Context | None = None) -> Experiment:
+        key = (str(context.run_config["config"]), str(context.run_config.get("overrides", "")))
+        if key not in self._cache:
+            self._cache[key] = setup(config_of(context))
+        return self._cache[key]
+
+
+def config_of(context: Context) -> Config:
+    from fedpress.config import load
+
+    overrides = str(context.run_config.get("overrides", "")).split()
+    return load(str(context.run_config["config"]), overrides)
 
 
 # --- the server side ---
@@ -184,7 +204,7 @@ def server_app(exp: Experiment, out: str | Path | None = None, *, resume: bool =
 # --- the client side ---
 
 
-def client_app(source: Callable[[], Experiment], threads: int = 1) -> ClientApp:
+def client_app(source: Callable[..., Experiment], threads: int = 1) -> ClientApp:
     """A ClientApp that trains the node's partition (`node_config["partition-id"]`) with the
     config's algorithm, its state kept in Context.state between rounds."""
     app = ClientApp()
@@ -192,7 +212,7 @@ def client_app(source: Callable[[], Experiment], threads: int = 1) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         torch.set_num_threads(threads)  # one thread: the same floating-point sums as the simulator
-        exp, c = source(), int(context.node_config["partition-id"])
+        exp, c = source(context), int(context.node_config["partition-id"])
         t = int(msg.content["config"]["round"])
         found, state = load_state(context)
         if not found:
@@ -220,7 +240,7 @@ def client_app(source: Callable[[], Experiment], threads: int = 1) -> ClientApp:
 
     @app.query("fedpress_reply")
     def reply(msg: Message, context: Context) -> Message:
-        exp, c = source(), int(context.node_config["partition-id"])
+        exp, c = source(context), int(context.node_config["partition-id"])
         t = int(msg.content["config"]["round"])
         _, state = load_state(context)
         x = decode(wire_bytes(msg.content[WIRE_KEY]), exp.wire).expand(exp.wire)
