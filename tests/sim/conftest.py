@@ -42,7 +42,12 @@ def tiny_config(**overrides):
         "train": {"epochs": 1, "batch_size": 16, "lr": 0.1, "momentum": 0.5},
         "algorithm": {"name": "fedavg"},
     }
+    return with_overrides(raw, overrides)
+
+
+def with_overrides(raw: dict, overrides: dict):
+    """The config of `raw` with dotted keys set ("train.lr": 0.1; a missing table is created)."""
     for key, value in overrides.items():
         table, _, leaf = key.rpartition(".")
-        (raw[table] if table else raw)[leaf] = value
+        (raw.setdefault(table, {}) if table else raw)[leaf] = value
     return from_dict(raw)

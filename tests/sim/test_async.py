@@ -8,13 +8,12 @@ import json
 import pytest
 import torch
 
-from fedpress.config import from_dict
 from fedpress.metrics.ledger import BROADCAST, DOWN, JOIN, UP
 from fedpress.sim import asynchronous
 from fedpress.sim.asynchronous import Engine, Flight, arrival_first, fresh, setup, staleness_weight, within_staleness
 from fedpress.sim.executor import Sequential
 from fedpress.sim.transport import dense_frame_bytes
-from tests.sim.conftest import synthetic_dataset
+from tests.sim.conftest import synthetic_dataset, with_overrides
 
 
 def async_config(**overrides):
@@ -30,10 +29,7 @@ def async_config(**overrides):
         "algorithm": {"name": "fedbuff", "buffer_size": 3},
         "async": {"concurrency": 4},
     }
-    for key, value in overrides.items():
-        table, _, leaf = key.rpartition(".")
-        (raw.setdefault(table, {}) if table else raw)[leaf] = value  # a whole table: key "model" etc.
-    return from_dict(raw)
+    return with_overrides(raw, overrides)
 
 
 QAFEL = {

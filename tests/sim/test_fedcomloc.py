@@ -8,7 +8,6 @@ import torch
 from fedpress.algorithms import build
 from fedpress.algorithms.fedcomloc import FedComLoc, geometric_steps
 from fedpress.compress import fp32
-from fedpress.config import from_dict
 from fedpress.data import Dataset
 from fedpress.errors import ConfigError
 from fedpress.metrics.ledger import BROADCAST, DOWN, UP
@@ -16,7 +15,7 @@ from fedpress.sim import setup
 from fedpress.sim.executor import Sequential
 from fedpress.sim.rounds import run_round
 from fedpress.sim.transport import dense_frame_bytes
-from tests.sim.conftest import tiny_config
+from tests.sim.conftest import tiny_config, with_overrides
 from tests.sim.test_run import fresh_progress
 
 
@@ -220,10 +219,7 @@ def convex_config(name, **extra):
            "model": {"name": "logreg"},
            "train": {"batch_size": 1000, "lr": 0.1, "weight_decay": MU},
            "algorithm": {"name": name}}
-    for key, value in extra.items():
-        table, _, leaf = key.rpartition(".")
-        raw[table][leaf] = value
-    return from_dict(raw)
+    return with_overrides(raw, extra)
 
 
 def test_scaffnew_reaches_the_optimum_where_fedavg_drifts(convex):

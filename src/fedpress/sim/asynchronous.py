@@ -33,7 +33,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,8 @@ from fedpress import state as state_io
 from fedpress.algorithms import ClientContext, RoundContext, Uplink
 from fedpress.config import AsyncConfig, Config
 from fedpress.errors import ConfigError
-from fedpress.local import FlatModel, TrainSpec, evaluate
+from fedpress.local import TrainSpec, evaluate
 from fedpress.metrics.ledger import BROADCAST, DOWN, JOIN, UP, Ledger
-from fedpress.models import build_model
 from fedpress.rng import derive
 from fedpress.sim import rounds
 from fedpress.sim.executor import EXECUTORS, Job
@@ -155,22 +154,10 @@ class AsyncProgress:
 
 
 def setup(cfg: Config) -> Experiment:
-    """`rounds.setup`, with the one-logit model of `model.outputs = 1` (binary logistic regression)."""
+    """`rounds.setup` (which builds the one-logit model of `model.outputs = 1`), for asynchronous configs only."""
     if not cfg.is_async:
         raise ConfigError(f"algorithm.name = {cfg.algorithm.name!r} is not asynchronous; run it with fedpress.sim.run")
-    exp = rounds.setup(cfg)
-    if cfg.model.outputs:
-        if exp.dataset.num_classes != 2:
-            raise ConfigError(
-                f"model.outputs = 1 (binary logistic loss) needs a two-class dataset; "
-                f"{cfg.data.dataset} has {exp.dataset.num_classes} classes"
-            )
-        module = build_model(
-            cfg.model.name, exp.dataset.input_shape, cfg.model.outputs, derive(cfg.seed, "init"), **cfg.model.options
-        )
-        model = FlatModel.of(module)
-        exp = replace(exp, model=model, x0=model.initial())
-    return exp
+    return rounds.setup(cfg)
 
 
 def fresh(exp: Experiment) -> AsyncProgress:
@@ -378,7 +365,7 @@ def run(
     checkpoint = out_dir / "checkpoint.pt"
 
     engine = Engine(exp, p, executor if executor is not None else EXECUTORS[cfg.executor]())
-    bar = _progress_bar(cfg, p.round, progress)
+    bar = rounds._progress_bar(cfg, p.round, progress, unit="step")
     while p.round < cfg.rounds:
         row = engine.step()
         if bar is not None:
@@ -415,14 +402,6 @@ def run(
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     checkpoint.unlink(missing_ok=True)
     return summary
-
-
-def _progress_bar(cfg: Config, start: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=cfg.rounds, initial=start, desc=cfg.name, unit="step", dynamic_ncols=True)
 
 
 def _save_checkpoint(p: AsyncProgress, path: Path) -> None:

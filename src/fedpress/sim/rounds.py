@@ -85,9 +85,12 @@ def client_partition(cfg: Config, labels: torch.Tensor) -> list[torch.Tensor]:
 def setup(cfg: Config) -> Experiment:
     ds = load(cfg.data.dataset, normalize=cfg.data.normalize)
     parts = client_partition(cfg, ds.y_train)
+    outputs = cfg.model.outputs or ds.num_classes  # outputs = 1: one logit, the binary logistic loss
+    if cfg.model.outputs and ds.num_classes != 2:
+        raise ConfigError(f"model.outputs = 1 (binary logistic loss) needs a two-class dataset; "
+                          f"{cfg.data.dataset} has {ds.num_classes} classes")
     try:
-        module = build_model(cfg.model.name, ds.input_shape, ds.num_classes, derive(cfg.seed, "init"),
-                             **cfg.model.options)
+        module = build_model(cfg.model.name, ds.input_shape, outputs, derive(cfg.seed, "init"), **cfg.model.options)
     except ValueError as e:
         raise ConfigError(f"[model] {e}") from None
     algorithm = build(cfg.algorithm.name, cfg.algorithm.params)
@@ -302,12 +305,12 @@ def drive(exp: Experiment, p: Progress, clients, out_dir: Path, *, progress: boo
     return summary
 
 
-def _progress_bar(cfg: Config, start: int, enabled: bool):
+def _progress_bar(cfg: Config, start: int, enabled: bool, unit: str = "round"):
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=cfg.rounds, initial=start, desc=cfg.name, unit="round", dynamic_ncols=True)
+    return tqdm(total=cfg.rounds, initial=start, desc=cfg.name, unit=unit, dynamic_ncols=True)
 
 
 def _postfix(rows: list[dict]) -> str:
