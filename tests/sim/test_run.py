@@ -145,6 +145,7 @@ def test_non_finite_updates_are_rejected_and_counted(synthetic):
 
     row = run_round(exp, p, Poison(), 0)
     assert row["rejected"] == 1 and row["clients"] == 3
+    assert row["rejected_reasons"] == "NON_FINITE_RESULT:1"
     assert poisoned not in p.clients  # its error-feedback state was not kept either
     assert bool(torch.isfinite(p.server.x).all())
     assert row["uplink_bytes"] < row["dense_uplink_bytes"] and row["dense_uplink_bytes"] == 3 * p.ledger.dense_bytes
@@ -161,6 +162,7 @@ def test_fp16_overflow_is_refused_at_the_sender(synthetic):
 
     row = run_round(exp, p, Huge(), 0)
     assert row["rejected"] == 4 and row["clients"] == 0
+    assert row["rejected_reasons"] == "NON_FINITE:4"  # the encoder's WireError reason, named
     assert torch.equal(p.server.x, exp.x0)  # nothing averaged in
 
 
@@ -217,8 +219,18 @@ def test_a_corrupt_reply_is_counted_and_rejected_never_aggregated(synthetic):
     p = fresh_progress(exp)
     row = server_round(exp, p, Corrupting(exp, p.clients, Sequential()), 0)
     assert row["rejected"] == 1 and row["clients"] == cfg.clients_per_round - 1
+    assert row["rejected_reasons"] == "TRUNCATED:1"
     ups = [e for e in p.ledger.entries if e.direction == "up"]
     assert len(ups) == cfg.clients_per_round  # the corrupt bytes arrived: they are counted
+
+
+def test_rejections_are_tallied_per_round_and_summed_in_the_summary():
+    from fedpress.sim.rounds import rejections, tally
+
+    rows = [{"rejected_reasons": tally(["TRUNCATED", "NO_REPLY", "TRUNCATED"])}, {"rejected_reasons": ""},
+            {"rejected_reasons": tally(["NO_REPLY"])}]
+    assert rows[0]["rejected_reasons"] == "TRUNCATED:2; NO_REPLY:1"
+    assert rejections(rows) == {"TRUNCATED": 2, "NO_REPLY": 2}
 
 
 def test_ledger_per_client_view_adds_up_to_the_round_totals():

@@ -17,6 +17,7 @@ Messages (all with group_id = the round):
 from __future__ import annotations
 
 import os
+import sys
 import time
 import tomllib
 from collections.abc import Callable
@@ -28,13 +29,13 @@ import torch
 from fedpress import local
 from fedpress.config import Config, dumps, from_dict
 from fedpress.sim.clients import ClientReply, client_context, client_job, finish, train_spec
-from fedpress.sim.rounds import Experiment, drive, prepare, setup
+from fedpress.sim.rounds import NO_REPLY, Experiment, drive, prepare, setup
 from fedpress.wire import decode
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
-from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
@@ -123,12 +124,15 @@ class GridClients:
                                     group_id=str(round_)))
         replies = {}
         for r in self.grid.send_and_receive(messages, timeout=self.timeout):
-            c = self.client_of.get(r.metadata.src_node_id)
-            if c is None or r.has_error():
-                continue  # an error reply: the client is left out of the round (counted as rejected)
+            c = self.client_of.get(r.metadata.src_node_id, self.client_of.get(_addressee(r, messages)))
+            if c is None:
+                continue
+            if r.has_error():  # the ClientApp raised, or the SuperLink gave the node up
+                replies[c] = ClientReply(None, float("nan"), 0, error_reason(r))
+                continue
             self.flower_bytes["up"] += _count_bytes(r.content)
             replies[c] = parse_reply(r.content)
-        self.flower_bytes["lost"] = len(downlinks) - len(replies)
+        self.flower_bytes["lost"] = sum(1 for c in downlinks if c not in replies or replies[c].refused == NO_REPLY)
         return replies
 
     def reply(self, round_: int, clients: list[int], data: bytes) -> None:
@@ -144,6 +148,28 @@ class GridClients:
                    lost=self.flower_bytes["lost"])
 
 
+def _addressee(reply: Message, sent: list[Message]) -> int | None:
+    """The node a reply answers for: the SuperLink (node 1) answers for nodes it gave up on."""
+    for m in sent:
+        if m.metadata.message_id == reply.metadata.reply_to_message_id:
+            return m.metadata.dst_node_id
+    return None
+
+
+# Flower's ErrorCode: 3 message unavailable, 4 reply unavailable, 5 node unavailable (failed heartbeats)
+_LOST_CODES = {3, 4, 5}
+
+
+def error_reason(reply: Message) -> str:
+    """How an error reply is tallied: NO_REPLY when the node or its message was lost,
+    CLIENT_ERROR when its ClientApp raised (the reason is logged)."""
+    if reply.error.code in _LOST_CODES:
+        return NO_REPLY
+    print(f"fedpress: node {reply.metadata.src_node_id} answered with an error: {reply.error.reason[-500:]}",
+          file=sys.stderr)
+    return "CLIENT_ERROR"
+
+
 def _count_bytes(content: RecordDict) -> int:
     """Flower's own measure: the sum of count_bytes() over the message's records."""
     return sum(record.count_bytes() for record in content.values())
@@ -157,8 +183,9 @@ def parse_reply(content: RecordDict) -> ClientReply:
         return ClientReply(None, loss, n, refused)
     try:
         data = wire_bytes(content[WIRE_KEY])
-    except (NotFedpress, TypeError):
-        data = b""  # something that is not a fedpress frame: the server's decode rejects it
+    except (NotFedpress, TypeError):  # not a fedpress record: its bytes, if any, go to the strict decoder
+        arrays = list(content[WIRE_KEY].values()) if isinstance(content[WIRE_KEY], ArrayRecord) else []
+        data = arrays[0].data if arrays else b""
     return ClientReply(data, loss, n)
 
 

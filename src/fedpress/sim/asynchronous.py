@@ -47,8 +47,9 @@ from fedpress.local import TrainSpec, evaluate
 from fedpress.metrics.ledger import BROADCAST, DOWN, JOIN, UP, Ledger
 from fedpress.rng import derive
 from fedpress.sim import rounds
+from fedpress.sim.clients import NON_FINITE_RESULT
 from fedpress.sim.executor import EXECUTORS, Job
-from fedpress.sim.rounds import Experiment, kept_per_tensor, write_metrics, write_outputs
+from fedpress.sim.rounds import Experiment, kept_per_tensor, tally, write_metrics, write_outputs
 from fedpress.sim.transport import dense_frame_bytes, send
 from fedpress.wire import Reason, WireError
 from fedpress.wire.message import Message
@@ -148,7 +149,7 @@ class AsyncProgress:
     # the server step in progress (empty whenever a checkpoint is written)
     staleness: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
-    rejected: int = 0
+    rejected: list[str] = field(default_factory=list)  # why each left-out update was (rounds.tally)
     dropped: int = 0
     arrived: list[Uplink] = field(default_factory=list)
 
@@ -256,83 +257,110 @@ class Engine:
         self.busy[client] = True
 
     def arrive(self, f: Flight) -> bool:
-        """One upload arrives: staleness, filter, the wire, the buffer; then (concurrency) a new
-        start before the server step (spec §5.6.5). Returns whether the buffer is full."""
-        p, alg, acfg = self.p, self.alg, self.acfg
+        """One upload arrives: the wire, then `accept`; then (concurrency) a new start before
+        the server step (spec §5.6.5). Returns whether the buffer is full."""
+        p = self.p
         p.now = f.finish
         p.uploads += 1
         self.busy[f.client] = False
-        tau = p.round - f.version
         if f.message is None:
-            p.rejected += 1
+            p.rejected.append(NON_FINITE_RESULT)
         else:
             try:
                 arrived = send(f.message, self.exp.wire, p.ledger, p.round, UP, f.client)
             except WireError as e:
                 if e.reason is not Reason.NON_FINITE:
                     raise
-                arrived = None
-                p.rejected += 1  # e.g. an fp16 overflow: refused at the sender
-            if arrived is not None and not within_staleness(tau, acfg.max_staleness):
-                p.dropped += 1  # it crossed the wire (counted) but is too stale to use
-            elif arrived is not None:
-                w = staleness_weight(tau, acfg.staleness, acfg.a, acfg.b)
-                up = Uplink(f.client, arrived, float(self.exp.parts[f.client].numel()), tau, w)
-                p.server = alg.receive(p.server, up, self.round_ctx())
-                p.staleness.append(tau)
-                p.losses.append(f.loss)
-                p.arrived.append(up)
-        if acfg.arrivals == "concurrency":
+                p.rejected.append(e.reason.name)  # e.g. an fp16 overflow: refused at the sender
+            else:
+                accept(self.exp, p, f.client, p.round - f.version, arrived, f.loss)
+        if self.acfg.arrivals == "concurrency":
             self.start_idle()
-        return alg.ready(p.server)
-
-    def round_ctx(self) -> RoundContext:
-        return RoundContext(self.p.round, self.cfg.seed, (), self.exp.model, self.cfg.data.num_clients)
+        return self.alg.ready(p.server)
 
     def flush(self, wall: float) -> dict:
-        """The server step: the algorithm's flush, its broadcast to every joined client, the row."""
-        cfg, p, alg, exp = self.cfg, self.p, self.alg, self.exp
-        t, wire = p.round, exp.wire
-        p.server, q = alg.flush(p.server, self.round_ctx())
-        if q is not None:
-            receivers = int(p.joined.sum())
-            arrived = send(q, wire, p.ledger, t, DOWN, BROADCAST, receivers=receivers)
-            p.copy = alg.apply_broadcast(p.copy, arrived, wire)
-        kept = kept_per_tensor(p.arrived, wire)
-        sizes = torch.tensor([e.numel for e in wire], dtype=torch.float64) * max(len(p.arrived), 1)
-        p.density.append((kept / sizes.clamp(min=1)).tolist())
-        row: dict[str, Any] = {
-            "round": t + 1,
-            "test_accuracy": "",
-            "test_loss": "",
-            "train_loss": sum(p.losses) / len(p.losses) if p.losses else "",
-            "clients": len(p.arrived),
-            "rejected": p.rejected,
-            "uplink_values": int(kept.sum()),
-            "density": float(kept.sum() / sizes.sum()) if p.arrived else "",
-            **p.ledger.round_totals(t),
-            **p.ledger.initial_totals(t),
-            "virtual_time": p.now,
-            "uploads": p.uploads,
-            "dropped_stale": p.dropped,
-            "staleness_mean": sum(p.staleness) / len(p.staleness) if p.staleness else "",
-            "staleness_max": max(p.staleness) if p.staleness else "",
-            "in_flight": len(p.flights),
-        }
-        if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
-            x = alg.model(p.server)
-            acc, loss = evaluate(exp.model, x, exp.dataset.x_test, exp.dataset.y_test)
-            row.update(test_accuracy=acc, test_loss=loss)
-            if self.acfg.eval_train:
-                row.update(training_objective(exp, x))
-        previous = p.rows[-1] if p.rows else {}
-        for key in CUMULATIVE:
-            row[f"cum_{key}"] = previous.get(f"cum_{key}", 0) + row[key]
-        row["wall_seconds"] = wall
-        p.round = t + 1
-        p.rows.append(row)
-        p.staleness, p.losses, p.rejected, p.dropped, p.arrived = [], [], 0, 0, []
-        return row
+        """The server step, its broadcast sent eagerly to every joined client (one DOWN entry
+        with its number of receivers), whose synced copy moves with it."""
+
+        def broadcast(q: Message) -> None:
+            arrived = send(q, self.exp.wire, self.p.ledger, self.p.round, DOWN, BROADCAST,
+                           receivers=int(self.p.joined.sum()))
+            self.p.copy = self.alg.apply_broadcast(self.p.copy, arrived, self.exp.wire)
+
+        return server_step(self.exp, self.p, wall, broadcast, in_flight=len(self.p.flights))
+
+
+# ---------------------------------------------------------------------------- the server's side
+#
+# Shared by both clocks: the virtual one above and Flower's real one
+# (fedpress.flower.asynchronous), which hand each upload that reached the server to
+# `accept` and call `server_step` when the algorithm says its buffer is ready.
+
+
+def round_ctx(exp: Experiment, p: AsyncProgress) -> RoundContext:
+    return RoundContext(p.round, exp.config.seed, (), exp.model, exp.config.data.num_clients)
+
+
+def accept(exp: Experiment, p: AsyncProgress, client: int, tau: int, arrived: Message, loss: float) -> None:
+    """An update that reached the server, decoded, with staleness τ: the max-staleness
+    filter (it crossed the wire, so it is counted, but it is dropped), w(τ), the buffer."""
+    acfg = exp.config.asynchronous
+    if not within_staleness(tau, acfg.max_staleness):
+        p.dropped += 1
+        return
+    w = staleness_weight(tau, acfg.staleness, acfg.a, acfg.b)
+    up = Uplink(client, arrived, float(exp.parts[client].numel()), tau, w)
+    p.server = exp.algorithm.receive(p.server, up, round_ctx(exp, p))
+    p.staleness.append(tau)
+    p.losses.append(loss)
+    p.arrived.append(up)
+
+
+def server_step(exp: Experiment, p: AsyncProgress, wall: float, broadcast: Callable[[Message], None],
+                in_flight: int) -> dict:
+    """The algorithm's flush; its broadcast (QAFeL's q) handed to `broadcast`, which sends
+    and counts it as the runtime delivers it; the row of results. Advances p.round."""
+    cfg, alg = exp.config, exp.algorithm
+    t, wire = p.round, exp.wire
+    p.server, q = alg.flush(p.server, round_ctx(exp, p))
+    if q is not None:
+        broadcast(q)
+    kept = kept_per_tensor(p.arrived, wire)
+    sizes = torch.tensor([e.numel for e in wire], dtype=torch.float64) * max(len(p.arrived), 1)
+    p.density.append((kept / sizes.clamp(min=1)).tolist())
+    row: dict[str, Any] = {
+        "round": t + 1,
+        "test_accuracy": "",
+        "test_loss": "",
+        "train_loss": sum(p.losses) / len(p.losses) if p.losses else "",
+        "clients": len(p.arrived),
+        "rejected": len(p.rejected),
+        "rejected_reasons": tally(p.rejected),
+        "uplink_values": int(kept.sum()),
+        "density": float(kept.sum() / sizes.sum()) if p.arrived else "",
+        **p.ledger.round_totals(t),
+        **p.ledger.initial_totals(t),
+        "virtual_time": p.now,
+        "uploads": p.uploads,
+        "dropped_stale": p.dropped,
+        "staleness_mean": sum(p.staleness) / len(p.staleness) if p.staleness else "",
+        "staleness_max": max(p.staleness) if p.staleness else "",
+        "in_flight": in_flight,
+    }
+    if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
+        x = alg.model(p.server)
+        acc, loss = evaluate(exp.model, x, exp.dataset.x_test, exp.dataset.y_test)
+        row.update(test_accuracy=acc, test_loss=loss)
+        if cfg.asynchronous.eval_train:
+            row.update(training_objective(exp, x))
+    previous = p.rows[-1] if p.rows else {}
+    for key in CUMULATIVE:
+        row[f"cum_{key}"] = previous.get(f"cum_{key}", 0) + row[key]
+    row["wall_seconds"] = wall
+    p.round = t + 1
+    p.rows.append(row)
+    p.staleness, p.losses, p.rejected, p.dropped, p.arrived = [], [], [], 0, []
+    return row
 
 
 def training_objective(exp: Experiment, x: torch.Tensor) -> dict[str, float]:
@@ -360,33 +388,49 @@ def run(
     """Run an asynchronous config to `rounds` server steps (or resume it); write the run
     directory as `fedpress.sim.run` does, plus the virtual-clock columns; return the summary."""
     exp = setup(cfg)
-    out_dir, found = rounds.run_dir(cfg, out, resume)
-    p = _load_checkpoint(found) if found is not None else fresh(exp)
-    checkpoint = out_dir / "checkpoint.pt"
-
+    out_dir, p = prepare(exp, out, resume)
     engine = Engine(exp, p, executor if executor is not None else EXECUTORS[cfg.executor]())
     bar = rounds._progress_bar(cfg, p.round, progress, unit="step")
     while p.round < cfg.rounds:
         row = engine.step()
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(
-                f"t {row['virtual_time']:.1f} uploads {row['uploads']} "
-                f"sent {(row['cum_uplink_bytes'] + row['cum_downlink_bytes']) / 1e6:,.2f} MB"
-            )
-        if cfg.checkpoint_every and p.round % cfg.checkpoint_every == 0 and p.round < cfg.rounds:
-            _save_checkpoint(p, checkpoint)
-            write_metrics(p.rows, out_dir / "metrics.csv")
+        after_step(exp, p, row, out_dir, bar)
         if on_round_end is not None:
             on_round_end(row)
     if bar is not None:
         bar.close()
+    return conclude(exp, p, out_dir)
+
+
+def prepare(exp: Experiment, out: str | Path | None, resume: bool) -> tuple[Path, AsyncProgress]:
+    """The run directory and where the run stands: a fresh start, or its checkpoint."""
+    out_dir, found = rounds.run_dir(exp.config, out, resume)
+    return out_dir, _load_checkpoint(found) if found is not None else fresh(exp)
+
+
+def after_step(exp: Experiment, p: AsyncProgress, row: dict, out_dir: Path, bar=None) -> None:
+    """The progress bar, and every `checkpoint_every` steps a checkpoint and metrics.csv."""
+    cfg = exp.config
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix_str(
+            f"t {row['virtual_time']:.1f} uploads {row['uploads']} "
+            f"sent {(row['cum_uplink_bytes'] + row['cum_downlink_bytes']) / 1e6:,.2f} MB"
+        )
+    if cfg.checkpoint_every and p.round % cfg.checkpoint_every == 0 and p.round < cfg.rounds:
+        _save_checkpoint(p, out_dir / "checkpoint.pt")
+        write_metrics(p.rows, out_dir / "metrics.csv")
+
+
+def conclude(exp: Experiment, p: AsyncProgress, out_dir: Path, clock: str = "virtual") -> dict:
+    """The outputs of a finished run and its summary (with the asynchronous figures); the
+    checkpoint is removed. `clock`: "virtual" (this engine) or "real" (Flower)."""
     summary = write_outputs(exp, p, out_dir)
     last = p.rows[-1]
     staleness = [r["staleness_mean"] for r in p.rows if r["staleness_mean"] != ""]
     summary.update(
         {
             "asynchronous": True,
+            "clock": clock,
             "server_steps": p.round,
             "virtual_time": p.now,
             "uploads": p.uploads,
@@ -400,7 +444,7 @@ def run(
     if objectives:
         summary["final_train_objective"] = objectives[-1]
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    checkpoint.unlink(missing_ok=True)
+    (out_dir / "checkpoint.pt").unlink(missing_ok=True)
     return summary
 
 
@@ -445,4 +489,5 @@ def _load_checkpoint(path: Path) -> AsyncProgress:
     )
 
 
-__all__ = ["AsyncProgress", "Engine", "Flight", "run", "setup", "staleness_weight", "within_staleness"]
+__all__ = ["AsyncProgress", "Engine", "Flight", "accept", "conclude", "prepare", "run", "server_step", "setup",
+           "staleness_weight", "within_staleness"]

@@ -23,7 +23,7 @@ from fedpress.rng import derive
 from fedpress.sim.executor import Job
 from fedpress.wire import Reason, WireError
 
-NON_FINITE_RESULT = "non-finite local result"
+NON_FINITE_RESULT = "NON_FINITE_RESULT"  # the local model went NaN/inf: nothing is sent
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class ClientReply:
     data: bytes | None  # the encoded update; None when the client refused to send one
     loss: float  # mean local training loss
     num_samples: int  # n_i, the weight of the update in a sample-weighted mean
-    refused: str = ""  # why data is None
+    refused: str = ""  # why data is None: NON_FINITE_RESULT, or the WireError reason that stopped the encoder
 
 
 def train_spec(cfg: Config, round_: int) -> TrainSpec:
@@ -65,7 +65,7 @@ def finish(exp, state: Any, plan: LocalPlan, result: LocalResult, ctx: ClientCon
         if e.reason is not Reason.NON_FINITE:
             raise
         # e.g. an fp16 overflow: refused at the sender, nothing averaged in
-        return ClientReply(None, result.loss, ctx.num_samples, f"wire: {e.reason.name}"), None
+        return ClientReply(None, result.loss, ctx.num_samples, e.reason.name), None
     return ClientReply(data, result.loss, ctx.num_samples), new_state
 
 

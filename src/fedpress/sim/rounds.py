@@ -22,6 +22,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,7 +46,8 @@ from fedpress.sim.transport import dense_frame_bytes, post
 from fedpress.wire import Reason, WireError, decode
 
 METRIC_COLUMNS = [
-    "round", "wall_seconds", "test_accuracy", "test_loss", "train_loss", "clients", "rejected", "uplink_values",
+    "round", "wall_seconds", "test_accuracy", "test_loss", "train_loss", "clients", "rejected", "rejected_reasons",
+    "uplink_values",
     "density",
     "uplink_bytes", "downlink_bytes", "downlink_broadcast_bytes", "dense_uplink_bytes", "dense_downlink_bytes",
     "cum_uplink_bytes", "cum_downlink_bytes", "cum_downlink_broadcast_bytes", "cum_dense_uplink_bytes",
@@ -142,17 +144,21 @@ def server_round(exp: Experiment, p: Progress, clients, t: int) -> dict:
         downlinks = post_downlinks(down if isinstance(down, dict) else dict.fromkeys(sampled, down), wire, p.ledger, t)
     replies = clients.train(t, {c: downlinks.get(c) for c in sampled})
 
-    uplinks, rejected, losses = [], 0, []
+    uplinks, rejected, losses = [], [], []
     for c in sampled:  # client-id order, whatever order the replies came in
         reply = replies.get(c)
-        if reply is None or reply.data is None:
-            rejected += 1  # no reply, or the client refused to send (diverged, fp16 overflow)
+        if reply is None:
+            rejected.append(NO_REPLY)  # lost: the node failed or the round timed out
+            continue
+        if reply.data is None:
+            rejected.append(reply.refused or "REFUSED")  # the client sent nothing (diverged, fp16 overflow)
             continue
         p.ledger.record(t, UP, c, len(reply.data))
         try:
             arrived = decode(reply.data, wire)
-        except WireError:
-            rejected += 1  # corrupt or foreign bytes: counted, never aggregated
+        except WireError as e:  # corrupt or foreign bytes: counted, never aggregated
+            rejected.append(e.reason.name)
+            print(f"fedpress: round {t + 1}: client {c}'s update rejected: {e}", file=sys.stderr)
             continue
         uplinks.append(Uplink(c, arrived, float(reply.num_samples)))
         losses.append(reply.loss)
@@ -168,7 +174,8 @@ def server_round(exp: Experiment, p: Progress, clients, t: int) -> dict:
     p.density.append((kept / sizes.clamp(min=1)).tolist())
     row: dict[str, Any] = {"round": t + 1, "test_accuracy": "", "test_loss": "",
                            "train_loss": sum(losses) / len(losses) if losses else "",
-                           "clients": len(uplinks), "rejected": rejected, "uplink_values": int(kept.sum()),
+                           "clients": len(uplinks), "rejected": len(rejected), "rejected_reasons": tally(rejected),
+                           "uplink_values": int(kept.sum()),
                            "density": float(kept.sum() / sizes.sum()) if uplinks else "",
                            **p.ledger.round_totals(t), **extra}
     if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
@@ -182,6 +189,26 @@ def server_round(exp: Experiment, p: Progress, clients, t: int) -> dict:
     p.round = t + 1
     p.rows.append(row)
     return row
+
+
+NO_REPLY = "NO_REPLY"
+
+
+def tally(reasons: list[str]) -> str:
+    """Why the round's rejected updates were left out, "REASON:count; ..." in first-seen
+    order: a WireError reason name (the server's decoder refused the bytes), NO_REPLY (lost),
+    or what the client refused to send for (NON_FINITE_RESULT, NON_FINITE)."""
+    return "; ".join(f"{reason}:{n}" for reason, n in Counter(reasons).items())
+
+
+def rejections(rows: list[dict]) -> dict[str, int]:
+    """The rows' rejected_reasons summed over the run: {reason: count}."""
+    total: Counter[str] = Counter()
+    for row in rows:
+        for item in filter(None, str(row.get("rejected_reasons", "")).split("; ")):
+            reason, n = item.rsplit(":", 1)
+            total[reason] += int(n)
+    return dict(total)
 
 
 class Diverged(RuntimeError):
@@ -379,6 +406,7 @@ def write_outputs(exp: Experiment, p: Progress, out_dir: Path, diverged_at_round
         / max(last["cum_uplink_bytes"] + last["cum_downlink_bytes"], 1),
         "uplink_values": sum(r["uplink_values"] for r in rows),
         "rejected_updates": sum(r["rejected"] for r in rows),
+        "rejections": rejections(rows),  # {reason: count}: see tally()
         "wall_seconds": sum(r["wall_seconds"] for r in rows),
         "diverged_at_round": diverged_at_round,  # None: the run went to the end
     }
