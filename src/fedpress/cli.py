@@ -23,10 +23,7 @@ def _run(args) -> int:
     cfg = load(args.config, args.set)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     engine = asynchronous.run if cfg.is_async else run  # fedbuff, qafel, naive: the virtual-clock engine
-    if args.engine == "flower":
-        if cfg.is_async:
-            raise ConfigError(f"--engine flower: {cfg.algorithm.name} is asynchronous; on Flower it needs the "
-                              f"Grid-driven asynchronous loop, which is not built yet (use the default engine)")
+    if args.engine == "flower":  # asynchronous algorithms too: then on the Grid, in real time
         from fedpress.flower import run_flower  # needs the `flower` extra
 
         engine = run_flower
@@ -38,7 +35,8 @@ def _run(args) -> int:
     if cfg.is_async:
         objective = f", training objective {summary['final_train_objective']:.10g}" \
             if "final_train_objective" in summary else ""
-        print(f"  {summary['server_steps']} server steps, {summary['uploads']} uploads, virtual time "
+        clock = "virtual time" if summary["clock"] == "virtual" else "seconds"
+        print(f"  {summary['server_steps']} server steps, {summary['uploads']} uploads, {clock} "
               f"{summary['virtual_time']:.1f}, mean staleness {summary['mean_staleness']:.2f}{objective}")
     return 0
 

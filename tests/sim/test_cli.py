@@ -59,9 +59,3 @@ def test_partition_command_shows_the_split_the_run_uses(synthetic, tmp_path, cap
     sizes = sorted(int(p.numel()) for p in setup(cfg).parts)
     assert str(max(sizes)) in out and str(min(sizes)) in out
     assert (tmp_path / "split.png").stat().st_size > 0
-
-
-def test_flower_engine_refuses_an_asynchronous_algorithm_by_name(capsys):
-    assert main(["run", "configs/qafel/logreg_mushrooms.toml", "--engine", "flower", "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "--engine flower" in err and "asynchronous" in err

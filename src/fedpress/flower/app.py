@@ -11,8 +11,8 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedpress.flower.apps import GridClients, RunConfigSource, client_app, config_of
-from fedpress.sim.rounds import drive, prepare, setup
+from fedpress.flower.apps import RunConfigSource, client_app, config_of, serve
+from fedpress.sim.rounds import setup
 
 client = client_app(RunConfigSource())
 server = ServerApp()
@@ -21,7 +21,4 @@ server = ServerApp()
 @server.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = config_of(context)
-    exp = setup(cfg)
-    out_dir, p = prepare(exp, str(context.run_config.get("out", f"runs/{cfg.name}")), resume=False)
-    clients = GridClients(grid, exp, cfg.round_timeout or None)
-    drive(exp, p, clients, out_dir, progress=False, on_round_end=clients.annotate)
+    serve(grid, setup(cfg), str(context.run_config.get("out", f"runs/{cfg.name}")))

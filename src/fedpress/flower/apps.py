@@ -12,6 +12,7 @@ Messages (all with group_id = the round):
                                node -> server: {"fedpress": frame} or {"config": refused}, {"metrics": loss, n}
     query.fedpress_partition   which partition (client id) a node holds
     query.fedpress_reply       the server's reply to the round's uploaders (Scaffnew's x_bar)
+    train.fedpress_async       one start of FedBuff / QAFeL / Naive (see asynchronous.py)
 """
 
 from __future__ import annotations
@@ -221,11 +222,24 @@ def server_app(exp: Experiment, out: str | Path | None = None, *, resume: bool =
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        out_dir, p = prepare(exp, out, resume)
-        clients = GridClients(grid, exp, timeout if timeout is not None else exp.config.round_timeout or None)
-        result["summary"] = drive(exp, p, clients, out_dir, progress=progress, on_round_end=clients.annotate)
+        result["summary"] = serve(grid, exp, out, resume=resume, timeout=timeout, progress=progress)
 
     return app
+
+
+def serve(grid: Grid, exp: Experiment, out: str | Path | None, *, resume: bool = False, timeout: float | None = None,
+          progress: bool = False, clock: Callable[[], float] = time.monotonic) -> dict:
+    """The ServerApp's work: synchronous rounds over `GridClients`, or (FedBuff, QAFeL, Naive)
+    the real-time asynchronous loop of `fedpress.flower.asynchronous` (`clock`: its seconds).
+    Returns the summary."""
+    timeout = timeout if timeout is not None else exp.config.round_timeout or None
+    if exp.config.is_async:
+        from fedpress.flower.asynchronous import run_async
+
+        return run_async(grid, exp, out, resume=resume, timeout=timeout, progress=progress, clock=clock)
+    out_dir, p = prepare(exp, out, resume)
+    clients = GridClients(grid, exp, timeout)
+    return drive(exp, p, clients, out_dir, progress=progress, on_round_end=clients.annotate)
 
 
 # --- the client side ---
@@ -259,6 +273,13 @@ def client_app(source: Callable[..., Experiment], threads: int = 1) -> ClientApp
         else:
             content[WIRE_KEY] = wire_record(reply.data)
         return Message(content, reply_to=msg)
+
+    @app.train("fedpress_async")
+    def train_async(msg: Message, context: Context) -> Message:
+        from fedpress.flower.asynchronous import train_async
+
+        torch.set_num_threads(threads)
+        return train_async(source(context), msg, context)
 
     @app.query("fedpress_partition")
     def partition(msg: Message, context: Context) -> Message:

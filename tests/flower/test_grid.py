@@ -1,0 +1,247 @@
+"""The Flower server loops over a Grid held in this process: the real ClientApp on each node,
+with its own Context, and a message order, lost nodes and corrupt replies chosen by the test.
+
+What runs here is everything of fedpress.flower but Flower's transport: the synchronous
+fleet (`GridClients`), the real-time asynchronous loop (`GridAsync`), and the ClientApp's
+handlers. Flower's runtimes themselves run in test_simulation.py and test_deployment.py.
+"""
+
+import csv
+import uuid
+
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from fedpress import wire  # noqa: E402
+from fedpress.flower import FixedSource, client_app  # noqa: E402
+from fedpress.flower.apps import PARTITION, serve  # noqa: E402
+from fedpress.flower.records import WIRE_KEY, wire_bytes, wire_record  # noqa: E402
+from fedpress.layout import Layout  # noqa: E402
+from fedpress.sim import asynchronous, setup  # noqa: E402
+from fedpress.sim.transport import dense_frame_bytes  # noqa: E402
+from fedpress.wire.message import Dense  # noqa: E402
+from fedpress.wire.message import Message as WireMessage  # noqa: E402
+from tests.sim.conftest import tiny_config  # noqa: E402
+from tests.sim.test_async import QAFEL, async_config  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Flower's Message reads the process's task identity, which its runtimes set."""
+    before = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = before
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class LocalGrid:
+    """A Grid whose nodes are the ClientApp called in this process. Replies come one per
+    pull, first pushed first answered (the virtual clock's order with constant durations).
+    `dead` nodes never answer; `tamper(client, reply)` may rewrite a reply on its way."""
+
+    def __init__(self, app, num_clients: int, dead=(), tamper=None):
+        self.app, self.tamper = app, tamper
+        self.node_of = {c: 7001 + 13 * c for c in range(num_clients)}  # node ids are not partition ids
+        self.contexts = {n: Context(1, n, {"partition-id": c, "num-partitions": num_clients}, RecordDict(), {})
+                         for c, n in self.node_of.items()}
+        self.dead = {self.node_of[c] for c in dead}
+        self.queue: list[Message] = []
+        self.pushed = 0
+        self.answered = 0
+
+    def clock(self) -> float:
+        """This grid's time: one second per answer, so timeouts do not depend on the machine."""
+        return float(self.answered)
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def push_messages(self, messages):
+        ids = []
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            m.metadata.__dict__["_src_node_id"] = 1
+            self.queue.append(m)
+            ids.append(m.metadata.message_id)
+        self.pushed += len(ids)
+        return ids
+
+    def answer(self, m: Message) -> Message:
+        self.answered += 1
+        node = m.metadata.dst_node_id
+        try:
+            reply = self.app(m, self.contexts[node])
+        except Exception as e:  # as Flower does: the ClientApp's exception comes back as an error reply
+            reply = Message(Error(2, repr(e)), reply_to=m)
+        c = self.contexts[node].node_config["partition-id"]
+        return self.tamper(c, reply) if self.tamper and not reply.has_error() else reply
+
+    def alive(self, m: Message) -> bool:
+        return m.metadata.dst_node_id not in self.dead or m.metadata.message_type == PARTITION
+
+    def pull_messages(self, message_ids):
+        wanted = set(message_ids)
+        for m in self.queue:
+            if m.metadata.message_id in wanted and self.alive(m):
+                self.queue.remove(m)
+                return [self.answer(m)]
+        return []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        ids = set(self.push_messages(messages))
+        out = []
+        for m in [m for m in self.queue if m.metadata.message_id in ids]:
+            if self.alive(m):
+                self.queue.remove(m)
+                out.append(self.answer(m))
+        return out
+
+
+def rows(path, drop=("wall_seconds", "virtual_time", "flower_uplink_bytes", "flower_downlink_bytes", "lost")):
+    with open(path) as f:
+        return [{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(f)]
+
+
+def ledger(path):
+    with open(path) as f:
+        return [r for r in csv.DictReader(f)]
+
+
+def on_grid(cfg, out, **grid_options):
+    exp = setup(cfg)
+    grid = LocalGrid(client_app(FixedSource(exp)), cfg.data.num_clients, **grid_options)
+    return serve(grid, exp, out, clock=grid.clock), grid
+
+
+# ---------------------------------------------------------------------------- asynchronous
+
+
+CONSTANT = {"async.duration": "constant", "rounds": 8, "eval_every": 4}
+
+
+def test_fedbuff_on_the_grid_equals_the_virtual_clock(synthetic, one_thread, tmp_path):
+    """First pushed, first answered is the virtual clock's order when every start lasts the
+    same: the same starts, picks, staleness, bytes and model, bit for bit."""
+    cfg = async_config(**CONSTANT)
+    virtual = asynchronous.run(cfg, tmp_path / "virtual", progress=False)
+    flower, _ = on_grid(cfg, tmp_path / "grid")
+    assert rows(tmp_path / "grid" / "metrics.csv") == rows(tmp_path / "virtual" / "metrics.csv")
+    assert ledger(tmp_path / "grid" / "ledger.csv") == ledger(tmp_path / "virtual" / "ledger.csv")
+    assert flower["final_accuracy"] == virtual["final_accuracy"] and flower["clock"] == "real"
+    assert flower["mean_staleness"] == virtual["mean_staleness"] > 0  # the staleness the replies carried
+
+
+@pytest.mark.parametrize("server_quantizer", ["qsgd", "fp32"])
+def test_qafel_nodes_catch_up_lazily_and_train_from_the_servers_hidden_state(synthetic, one_thread, tmp_path,
+                                                                             server_quantizer):
+    """A node applies the q's it missed when it next starts (or gets x̂ whole when they would
+    cost more): it trains from the same x̂ as under eager broadcasts, so every upload, the
+    model and the accuracy equal the virtual clock's; only the downlink is counted as sent."""
+    cfg = async_config(**{**CONSTANT, **QAFEL, "algorithm.server_quantizer": server_quantizer})
+    asynchronous.run(cfg, tmp_path / "virtual", progress=False)
+    flower, _ = on_grid(cfg, tmp_path / "grid")
+    downlink = ("downlink_bytes", "downlink_broadcast_bytes", "dense_downlink_bytes", "cum_downlink_bytes",
+                "cum_downlink_broadcast_bytes", "cum_dense_downlink_bytes")
+    assert rows(tmp_path / "grid" / "metrics.csv", drop=(*downlink, "wall_seconds", "virtual_time",
+                                                          "flower_uplink_bytes", "flower_downlink_bytes", "lost")) \
+        == rows(tmp_path / "virtual" / "metrics.csv", drop=(*downlink, "wall_seconds", "virtual_time"))
+    assert flower["rejected_updates"] == 0
+    grid_ledger, virtual_ledger = ledger(tmp_path / "grid" / "ledger.csv"), ledger(tmp_path / "virtual" / "ledger.csv")
+    ups = [[e for e in lg if e["direction"] == "up"] for lg in (grid_ledger, virtual_ledger)]
+    assert ups[0] == ups[1]
+    joins = [sorted((e["client"], e["bytes"]) for e in lg if e["direction"] == "join")
+             for lg in (grid_ledger, virtual_ledger)]
+    assert joins[0] == joins[1]  # x̂ whole, once, to every client that took part
+    catch_up = [int(e["bytes"]) for e in grid_ledger if e["direction"] == "down"]
+    dense = dense_frame_bytes(setup(cfg).wire)
+    broadcasts = [e for e in virtual_ledger if e["client"] == "-1"]
+    q_sizes = {int(e["bytes"]) for e in broadcasts}
+    if server_quantizer == "fp32":  # one missed q costs x̂ whole already: every catch-up is x̂ whole
+        assert catch_up and set(catch_up) == {dense} and q_sizes == {dense}
+    else:  # q's while they cost less than x̂, x̂ whole after a longer absence
+        assert max(q_sizes) < dense and set(catch_up) <= q_sizes | {dense} and set(catch_up) & q_sizes
+    # lazily, a node gets each q at most once and only when it trains; eagerly, every joined client gets every q
+    eager = sum(int(e["bytes"]) * int(e["receivers"]) for e in broadcasts)
+    assert sum(catch_up) < eager
+
+
+def test_a_node_that_dies_is_given_up_after_the_timeout_and_the_run_finishes(synthetic, one_thread, tmp_path):
+    cfg = async_config(**{**CONSTANT, "round_timeout": 10})  # ten answers of the others
+    flower, grid = on_grid(cfg, tmp_path / "grid", dead=[8])  # one of the first four started
+    table = rows(tmp_path / "grid" / "metrics.csv", drop=())
+    assert flower["server_steps"] == cfg.rounds and flower["rejections"] == {"NO_REPLY": 1}
+    assert int(table[-1]["lost"]) == 1
+    entries_of_8 = [e for e in ledger(tmp_path / "grid" / "ledger.csv") if e["client"] == "8"]
+    assert [e["direction"] for e in entries_of_8] == ["down"]  # its one download; it is never started again
+    assert flower["final_accuracy"] > 0.5  # four classes: chance is 0.25
+
+
+def frame_of_another_layout() -> bytes:
+    other = Layout.flat(3)
+    return wire.encode(WireMessage(3, Dense(torch.ones(3))), other)
+
+
+def tamper_with(client: int, reply: Message) -> Message:
+    """Client 1 truncates its frame, client 2 sends bytes that are no fedpress frame,
+    client 3 a frame for another layout (from the second message each sends on)."""
+    if WIRE_KEY not in reply.content or client not in (1, 2, 3):
+        return reply
+    data = wire_bytes(reply.content[WIRE_KEY])
+    if client == 1:
+        reply.content[WIRE_KEY] = wire_record(data[: len(data) // 2])
+    elif client == 2:
+        junk = b"\x00not fedpress" * 8
+        reply.content[WIRE_KEY] = ArrayRecord({"frame": Array(dtype="bytes", shape=(len(junk),),
+                                                              stype="numpy.ndarray", data=junk)})
+    else:
+        reply.content[WIRE_KEY] = wire_record(frame_of_another_layout())
+    return reply
+
+
+def test_corrupt_replies_are_rejected_by_name_counted_and_never_aggregated_async(synthetic, one_thread, tmp_path):
+    cfg = async_config(**CONSTANT)
+    flower, _ = on_grid(cfg, tmp_path / "grid", tamper=tamper_with)
+    reasons = flower["rejections"]
+    assert set(reasons) == {"TRUNCATED", "BAD_MAGIC", "LAYOUT_MISMATCH"} and all(n >= 1 for n in reasons.values())
+    assert flower["server_steps"] == cfg.rounds and flower["final_accuracy"] > 0.5
+    ups = [e for e in ledger(tmp_path / "grid" / "ledger.csv") if e["direction"] == "up"]
+    assert len(ups) == flower["uploads"]  # the bad bytes arrived: they are counted
+
+
+# ---------------------------------------------------------------------------- synchronous
+
+
+def test_corrupt_replies_are_rejected_by_name_counted_and_never_aggregated(synthetic, one_thread, tmp_path):
+    """Bad bytes are aggregated exactly as no reply at all: the same model as when those
+    three nodes are silent, every round."""
+    cfg = tiny_config(rounds=2, clients_per_round=12, checkpoint_every=0, **{"data.num_clients": 12})
+    flower, _ = on_grid(cfg, tmp_path / "grid", tamper=tamper_with)
+    silent, _ = on_grid(cfg, tmp_path / "silent", dead=[1, 2, 3])
+    table, reference = rows(tmp_path / "grid" / "metrics.csv"), rows(tmp_path / "silent" / "metrics.csv")
+    assert [r["rejected_reasons"] for r in table] == ["TRUNCATED:1; BAD_MAGIC:1; LAYOUT_MISMATCH:1"] * 2
+    assert [r["clients"] for r in table] == ["9", "9"] and flower["rejected_updates"] == 6
+    assert [(r["test_loss"], r["test_accuracy"]) for r in table] == \
+        [(r["test_loss"], r["test_accuracy"]) for r in reference]
+    up = [e for e in ledger(tmp_path / "grid" / "ledger.csv") if e["direction"] == "up"]
+    assert len(up) == 2 * 12  # every reply's bytes were counted, the bad ones too
+
+
+def test_a_dead_node_is_left_out_of_each_round_and_counted(synthetic, one_thread, tmp_path):
+    cfg = tiny_config(rounds=2, clients_per_round=12, checkpoint_every=0, **{"data.num_clients": 12})
+    flower, _ = on_grid(cfg, tmp_path / "grid", dead=[4])
+    table = rows(tmp_path / "grid" / "metrics.csv", drop=())
+    assert [(r["clients"], r["lost"], r["rejected_reasons"]) for r in table] == [("11", "1", "NO_REPLY:1")] * 2
+    assert flower["rejections"] == {"NO_REPLY": 2}
