@@ -21,7 +21,7 @@ import os
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,10 +245,11 @@ def serve(grid: Grid, exp: Experiment, out: str | Path | None, *, resume: bool =
 # --- the client side ---
 
 
-def client_app(source: Callable[..., Experiment], threads: int = 1) -> ClientApp:
+def client_app(source: Callable[..., Experiment], threads: int = 1, mods: Sequence = ()) -> ClientApp:
     """A ClientApp that trains the node's partition (`node_config["partition-id"]`) with the
-    config's algorithm, its state kept in Context.state between rounds."""
-    app = ClientApp()
+    config's algorithm, its state kept in Context.state between rounds; `mods`: Flower
+    client mods around every handler."""
+    app = ClientApp(mods=list(mods))
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -303,7 +304,7 @@ def client_app(source: Callable[..., Experiment], threads: int = 1) -> ClientApp
 
 def run_flower(cfg: Config, out: str | Path | None = None, *, resume: bool = False, progress: bool = True,
                timeout: float | None = None, source: Callable[[], Experiment] | None = None,
-               exp: Experiment | None = None, cpus: int | None = None) -> dict[str, Any]:
+               exp: Experiment | None = None, cpus: int | None = None, mods: Sequence = ()) -> dict[str, Any]:
     """`fedpress run --engine flower`: the config through Flower's simulation engine (Ray),
     one SuperNode per client, one CPU and one torch thread per ClientApp."""
     import logging
@@ -316,7 +317,7 @@ def run_flower(cfg: Config, out: str | Path | None = None, *, resume: bool = Fal
     cpus = cpus or os.cpu_count() or 1
     run_simulation(
         server_app=server_app(exp, out, resume=resume, timeout=timeout, progress=progress, result=result),
-        client_app=client_app(source or ConfigSource.of(cfg)),
+        client_app=client_app(source or ConfigSource.of(cfg), mods=mods),
         num_supernodes=cfg.data.num_clients,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                         "init_args": {"num_cpus": cpus, "logging_level": "ERROR", "log_to_driver": False}},
