@@ -245,3 +245,37 @@ def test_a_dead_node_is_left_out_of_each_round_and_counted(synthetic, one_thread
     table = rows(tmp_path / "grid" / "metrics.csv", drop=())
     assert [(r["clients"], r["lost"], r["rejected_reasons"]) for r in table] == [("11", "1", "NO_REPLY:1")] * 2
     assert flower["rejections"] == {"NO_REPLY": 2}
+
+
+def test_a_killed_asynchronous_run_resumes_from_its_last_checkpoint(synthetic, one_thread, tmp_path, monkeypatch):
+    """Starts in flight when the server dies are lost (the nodes' replies have no one to go
+    to); the resumed run keeps every step up to its checkpoint and finishes the rest."""
+    cfg = async_config(**{**CONSTANT, **QAFEL, "checkpoint_every": 2})
+    whole, _ = on_grid(cfg, tmp_path / "whole")
+
+    after_step = asynchronous.after_step
+
+    def die_after_step_5(exp, p, row, out_dir, bar=None):
+        after_step(exp, p, row, out_dir, bar)
+        if p.round == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(asynchronous, "after_step", die_after_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        on_grid(cfg, tmp_path / "resumed")
+    monkeypatch.setattr(asynchronous, "after_step", after_step)
+    exp = setup(cfg)
+    grid = LocalGrid(client_app(FixedSource(exp)), cfg.data.num_clients)  # new nodes: a new Flower run
+    resumed = serve(grid, exp, tmp_path / "resumed", resume=True, clock=grid.clock)
+    assert resumed["server_steps"] == cfg.rounds and resumed["rejected_updates"] == 0
+    assert rows(tmp_path / "resumed" / "metrics.csv")[:4] == rows(tmp_path / "whole" / "metrics.csv")[:4]
+    # the new nodes hold no x̂: each one's first start after the resume brings it whole (DOWN: they joined before)
+    dense = dense_frame_bytes(exp.wire)
+    entries = ledger(tmp_path / "resumed" / "ledger.csv")
+    joined = {e["client"] for e in entries if e["direction"] == "join" and int(e["round"]) < 4}
+    first = {}
+    for e in entries:
+        if int(e["round"]) >= 4 and e["direction"] in ("down", "join") and e["client"] in joined:
+            first.setdefault(e["client"], e)
+    assert first and all((e["direction"], int(e["bytes"])) == ("down", dense) for e in first.values())
+    assert whole["server_steps"] == cfg.rounds
