@@ -86,8 +86,9 @@ class LocalGrid:
             reply = self.app(m, self.contexts[node])
         except Exception as e:  # as Flower does: the ClientApp's exception comes back as an error reply
             reply = Message(Error(2, repr(e)), reply_to=m)
-        c = self.contexts[node].node_config["partition-id"]
-        return self.tamper(c, reply) if self.tamper and not reply.has_error() else reply
+        if self.tamper is None or reply.has_error():
+            return reply
+        return self.tamper(self.contexts[node].node_config["partition-id"], reply)
 
     def alive(self, m: Message) -> bool:
         return m.metadata.dst_node_id not in self.dead or m.metadata.message_type == PARTITION
@@ -279,3 +280,18 @@ def test_a_killed_asynchronous_run_resumes_from_its_last_checkpoint(synthetic, o
             first.setdefault(e["client"], e)
     assert first and all((e["direction"], int(e["bytes"])) == ("down", dense) for e in first.values())
     assert whole["server_steps"] == cfg.rounds
+
+
+@pytest.mark.parametrize("node_config, says", [
+    ({"partition-id": 0, "num-partitions": 3}, "num-partitions = 3, but the config's data.num_clients = 12"),
+    ({"partition-id": 12, "num-partitions": 12}, "partition-id = 12 is not in [0, 12)"),
+    ({}, "has no partition-id"),
+])
+def test_a_node_configured_for_another_split_is_named_at_discovery(synthetic, tmp_path, node_config, says):
+    cfg = tiny_config(rounds=1, **{"data.num_clients": 12})
+    exp = setup(cfg)
+    grid = LocalGrid(client_app(FixedSource(exp)), cfg.data.num_clients)
+    grid.contexts[grid.node_of[0]].node_config = node_config
+    with pytest.raises(RuntimeError, match="could not say its partition") as e:
+        serve(grid, exp, tmp_path)
+    assert says in str(e.value)

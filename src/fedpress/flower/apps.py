@@ -198,7 +198,8 @@ def discover(grid: Grid, num_clients: int, wait: float) -> dict[int, int]:
             raise RuntimeError(f"flower: {len(nodes)} nodes connected after {wait:.0f} s; the config's "
                                f"data.num_clients = {num_clients} needs one node per client")
         time.sleep(0.1)
-    asks = [Message(RecordDict(), dst_node_id=n, message_type=PARTITION, group_id="discover") for n in nodes]
+    asks = [Message(RecordDict({"config": ConfigRecord({"num-clients": num_clients})}), dst_node_id=n,
+                    message_type=PARTITION, group_id="discover") for n in nodes]
     node_of = {}
     for r in grid.send_and_receive(asks, timeout=wait):
         if r.has_error():
@@ -284,8 +285,17 @@ def client_app(source: Callable[..., Experiment], threads: int = 1, mods: Sequen
 
     @app.query("fedpress_partition")
     def partition(msg: Message, context: Context) -> Message:
-        return Message(RecordDict({"config": ConfigRecord({"partition-id": int(context.node_config["partition-id"])})}),
-                       reply_to=msg)
+        n, node = int(msg.content["config"]["num-clients"]), context.node_config
+        if "partition-id" not in node:
+            raise ValueError(f"this SuperNode's --node-config has no partition-id; give it "
+                             f"\"partition-id=<0..{n - 1}> num-partitions={n}\"")
+        part = int(node["partition-id"])
+        if "num-partitions" in node and int(node["num-partitions"]) != n:
+            raise ValueError(f"this SuperNode's num-partitions = {node['num-partitions']}, but the config's "
+                             f"data.num_clients = {n}: the data would be split differently")
+        if not 0 <= part < n:
+            raise ValueError(f"this SuperNode's partition-id = {part} is not in [0, {n}) (data.num_clients = {n})")
+        return Message(RecordDict({"config": ConfigRecord({"partition-id": part})}), reply_to=msg)
 
     @app.query("fedpress_reply")
     def reply(msg: Message, context: Context) -> Message:
