@@ -317,14 +317,14 @@ def drive(exp: Experiment, p: Progress, clients, out_dir: Path, *, progress: boo
             diverged = t + 1
             print(f"fedpress: {e}; writing the {t} rounds before it", file=sys.stderr)
             break
+        if on_round_end is not None:  # before the checkpoint: what it adds to the row is kept on resume
+            on_round_end(row)
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(_postfix(p.rows))
         if cfg.checkpoint_every and (t + 1) % cfg.checkpoint_every == 0 and t + 1 < cfg.rounds:
             _save_checkpoint(p, checkpoint)
             write_metrics(p.rows, out_dir / "metrics.csv")
-        if on_round_end is not None:
-            on_round_end(row)
     if bar is not None:
         bar.close()
     summary = write_outputs(exp, p, out_dir, diverged_at_round=diverged)
