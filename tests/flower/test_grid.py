@@ -295,3 +295,27 @@ def test_a_node_configured_for_another_split_is_named_at_discovery(synthetic, tm
     with pytest.raises(RuntimeError, match="could not say its partition") as e:
         serve(grid, exp, tmp_path)
     assert says in str(e.value)
+
+
+def synchronous_algorithms() -> list[str]:
+    from fedpress.algorithms.registry import REGISTRY
+    from fedpress.config import ASYNC_ALGORITHMS
+
+    return sorted(name for name in REGISTRY if name not in ASYNC_ALGORITHMS)
+
+
+@pytest.mark.parametrize("name", synchronous_algorithms())
+def test_every_synchronous_algorithm_gives_the_simulators_bytes_and_model_through_the_flower_apps(
+        synthetic, one_thread, tmp_path, name):
+    """DESIGN rule 4 over the whole registry: the ServerApp's fleet and the ClientApp's
+    handlers (state in each node's Context.state, bytes in Flower Arrays) give the
+    simulator's ledger and metrics bit for bit, with no line of the algorithm written twice."""
+    from fedpress.sim import run
+
+    cfg = tiny_config(rounds=3, clients_per_round=4, eval_every=1, checkpoint_every=0,
+                      **{"algorithm.name": name, "train.momentum": 0.0, "data.num_clients": 6})
+    reference = run(cfg, tmp_path / "sim", progress=False)
+    flower, _ = on_grid(cfg, tmp_path / "grid")
+    assert ledger(tmp_path / "grid" / "ledger.csv") == ledger(tmp_path / "sim" / "ledger.csv")
+    assert rows(tmp_path / "grid" / "metrics.csv") == rows(tmp_path / "sim" / "metrics.csv")
+    assert flower["final_accuracy"] == reference["final_accuracy"] and flower["rejected_updates"] == 0
