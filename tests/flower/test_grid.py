@@ -39,14 +39,6 @@ def task_identity():
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = before
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class LocalGrid:
     """A Grid whose nodes are the ClientApp called in this process. Replies come one per
     pull, first pushed first answered (the virtual clock's order with constant durations).

@@ -1,7 +1,6 @@
 """fedpress algorithms on Flower's simulation engine give the simulator's bytes and model, bit for bit."""
 
 import pytest
-import torch
 
 pytest.importorskip("flwr")
 
@@ -10,14 +9,6 @@ from fedpress.sim import run, setup  # noqa: E402
 from tests.sim.conftest import tiny_config  # noqa: E402
 from tests.sim.test_async import QAFEL, async_config  # noqa: E402
 from tests.sim.test_run import rows  # noqa: E402
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def ledger_rows(path):

@@ -120,7 +120,7 @@ class GridClients:
             content = RecordDict({"config": ConfigRecord({"round": round_})})
             if data is not None:
                 content[WIRE_KEY] = wire_record(data)
-            self.flower_bytes["down"] += _count_bytes(content)
+            self.flower_bytes["down"] += count_bytes(content)
             messages.append(Message(content, dst_node_id=self.node_of[c], message_type=MessageType.TRAIN,
                                     group_id=str(round_)))
         replies = {}
@@ -131,7 +131,7 @@ class GridClients:
             if r.has_error():  # the ClientApp raised, or the SuperLink gave the node up
                 replies[c] = ClientReply(None, float("nan"), 0, error_reason(r))
                 continue
-            self.flower_bytes["up"] += _count_bytes(r.content)
+            self.flower_bytes["up"] += count_bytes(r.content)
             replies[c] = parse_reply(r.content)
         self.flower_bytes["lost"] = sum(1 for c in downlinks if c not in replies or replies[c].refused == NO_REPLY)
         return replies
@@ -140,7 +140,7 @@ class GridClients:
         messages = [Message(RecordDict({"config": ConfigRecord({"round": round_}), WIRE_KEY: wire_record(data)}),
                             dst_node_id=self.node_of[c], message_type=REPLY, group_id=str(round_)) for c in clients]
         for m in messages:
-            self.flower_bytes["down"] += _count_bytes(m.content)
+            self.flower_bytes["down"] += count_bytes(m.content)
         list(self.grid.send_and_receive(messages, timeout=self.timeout))
 
     def annotate(self, row: dict) -> None:
@@ -171,7 +171,7 @@ def error_reason(reply: Message) -> str:
     return "CLIENT_ERROR"
 
 
-def _count_bytes(content: RecordDict) -> int:
+def count_bytes(content: RecordDict) -> int:
     """Flower's own measure: the sum of count_bytes() over the message's records."""
     return sum(record.count_bytes() for record in content.values())
 
@@ -188,6 +188,18 @@ def parse_reply(content: RecordDict) -> ClientReply:
         arrays = list(content[WIRE_KEY].values()) if isinstance(content[WIRE_KEY], ArrayRecord) else []
         data = arrays[0].data if arrays else b""
     return ClientReply(data, loss, n)
+
+
+def reply_content(reply: ClientReply, **config) -> RecordDict:
+    """A ClientReply as a Flower reply's content (what `parse_reply` reads back): the frame,
+    or why there is none, the loss and n_i, and any `config` entries (the async version)."""
+    content = RecordDict({"config": ConfigRecord(config),
+                          "metrics": MetricRecord({"loss": reply.loss, "num-examples": reply.num_samples})})
+    if reply.data is None:
+        content["config"]["refused"] = reply.refused
+    else:
+        content[WIRE_KEY] = wire_record(reply.data)
+    return content
 
 
 def discover(grid: Grid, num_clients: int, wait: float) -> dict[int, int]:
@@ -269,12 +281,7 @@ def client_app(source: Callable[..., Experiment], threads: int = 1, mods: Sequen
         reply, new_state = finish(exp, state, plan, result, ctx)
         if new_state is not None:
             save_state(context, new_state)
-        content = RecordDict({"metrics": MetricRecord({"loss": reply.loss, "num-examples": reply.num_samples})})
-        if reply.data is None:
-            content["config"] = ConfigRecord({"refused": reply.refused})
-        else:
-            content[WIRE_KEY] = wire_record(reply.data)
-        return Message(content, reply_to=msg)
+        return Message(reply_content(reply), reply_to=msg)
 
     @app.train("fedpress_async")
     def train_async(msg: Message, context: Context) -> Message:

@@ -34,12 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: I001
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedpress import local, wire
 from fedpress.algorithms import ClientContext, RoundContext
-from fedpress.flower.records import WIRE_KEY, load_state, save_state, wire_bytes, wire_record
+from fedpress.flower.apps import count_bytes, discover, error_reason, parse_reply, reply_content
+from fedpress.flower.records import WIRE_KEY, load_state, save_state, wire_array, wire_bytes, wire_record
 from fedpress.metrics.ledger import DOWN, JOIN, UP
 from fedpress.rng import derive
 from fedpress.sim import asynchronous as engine
@@ -104,11 +105,11 @@ class GridAsync:
         content = RecordDict({"config": ConfigRecord({"version": t, "seq": seq, "from": self.held.get(client, -1)})})
         sync = self.sync_frames(client)
         if sync:
-            content[SYNC_KEY] = ArrayRecord({name: _array(data) for name, data in sync.items()})
+            content[SYNC_KEY] = ArrayRecord({name: wire_array(data) for name, data in sync.items()})
         down, p.server = alg.dispatch(p.server, cctx)
         if down is not None:
             content[WIRE_KEY] = wire_record(post(down, wire_layout, p.ledger, t, DOWN, client))
-        self.flower_bytes["down"] += sum(record.count_bytes() for record in content.values())
+        self.flower_bytes["down"] += count_bytes(content)
         message = Message(content, dst_node_id=self.node_of[client], message_type=TRAIN, group_id=str(seq))
         (message_id,) = self.grid.push_messages([message])
         self.pending[message_id] = Pending(client, t, seq, self.clock())
@@ -160,15 +161,13 @@ class GridAsync:
         return self.alg.ready(p.server)
 
     def parse(self, reply: Message, f: Pending) -> ClientReply:
-        from fedpress.flower.apps import error_reason, parse_reply
-
         if reply.has_error():
             reason = error_reason(reply)
             if reason == NO_REPLY:
                 self.lose(f.client)
             self.held.pop(f.client, None)  # whatever it holds, it gets x̂ whole next time
             return ClientReply(None, float("nan"), 0, reason)
-        self.flower_bytes["up"] += sum(record.count_bytes() for record in reply.content.values())
+        self.flower_bytes["up"] += count_bytes(reply.content)
         got = parse_reply(reply.content)
         carried = reply.content["config"].get("version") if "config" in reply.content else None
         if carried != f.version:  # the staleness must come from the version the start was sent
@@ -238,10 +237,6 @@ class GridAsync:
             del self.history[min(self.history)]
 
 
-def _array(data: bytes) -> Array:
-    return Array(dtype="bytes", shape=(len(data),), stype="fedpress/wire-v1", data=bytes(data))
-
-
 # --- the server app and the client handler ---
 
 
@@ -250,8 +245,6 @@ def run_async(grid: Grid, exp: Experiment, out: str | Path | None, *, resume: bo
               clock: Callable[[], float] = time.monotonic) -> dict:
     """The ServerApp's main for an asynchronous config: the run directory as the simulator
     writes it (the `virtual_time` column holds real seconds here; summary "clock": "real")."""
-    from fedpress.flower.apps import discover
-
     out_dir, p = engine.prepare(exp, out, resume)
     fleet = GridAsync(grid, exp, p, discover(grid, exp.config.data.num_clients, wait), timeout, clock)
     bar = engine.rounds._progress_bar(exp.config, p.round, progress, unit="step")
@@ -299,10 +292,4 @@ def train_async(exp: Experiment, msg: Message, context: Context) -> Message:
     reply, new_state = finish(exp, state, plan, result, ctx)
     if new_state is not None:
         save_state(context, new_state)
-    content = RecordDict({"config": ConfigRecord({"version": version, "seq": seq}),
-                          "metrics": MetricRecord({"loss": reply.loss, "num-examples": reply.num_samples})})
-    if reply.data is None:
-        content["config"]["refused"] = reply.refused
-    else:
-        content[WIRE_KEY] = wire_record(reply.data)
-    return Message(content, reply_to=msg)
+    return Message(reply_content(reply, version=version, seq=seq), reply_to=msg)

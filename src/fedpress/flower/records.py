@@ -23,8 +23,13 @@ class NotFedpress(ValueError):
     """A Flower record that does not hold what fedpress put there."""
 
 
+def wire_array(data: bytes) -> Array:
+    """One wire frame as one Flower Array of stype fedpress/wire-v1."""
+    return Array(dtype="bytes", shape=(len(data),), stype=WIRE_STYPE, data=bytes(data))
+
+
 def wire_record(data: bytes) -> ArrayRecord:
-    return ArrayRecord({"frame": Array(dtype="bytes", shape=(len(data),), stype=WIRE_STYPE, data=bytes(data))})
+    return ArrayRecord({"frame": wire_array(data)})
 
 
 def wire_bytes(record: ArrayRecord) -> bytes:

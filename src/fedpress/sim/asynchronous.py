@@ -393,9 +393,9 @@ def run(
     bar = rounds._progress_bar(cfg, p.round, progress, unit="step")
     while p.round < cfg.rounds:
         row = engine.step()
-        after_step(exp, p, row, out_dir, bar)
-        if on_round_end is not None:
+        if on_round_end is not None:  # before the checkpoint, as in rounds.drive
             on_round_end(row)
+        after_step(exp, p, row, out_dir, bar)
     if bar is not None:
         bar.close()
     return conclude(exp, p, out_dir)
