@@ -212,6 +212,8 @@ def test_corrupt_replies_are_rejected_by_name_counted_and_never_aggregated_async
     assert flower["server_steps"] == cfg.rounds and flower["final_accuracy"] > 0.5
     ups = [e for e in ledger(tmp_path / "grid" / "ledger.csv") if e["direction"] == "up"]
     assert len(ups) == flower["uploads"]  # the bad bytes arrived: they are counted
+    table = rows(tmp_path / "grid" / "metrics.csv")
+    assert sum(int(r["clients"]) for r in table) == flower["uploads"] - flower["rejected_updates"]  # never used
 
 
 # ---------------------------------------------------------------------------- synchronous
@@ -311,3 +313,75 @@ def test_every_synchronous_algorithm_gives_the_simulators_bytes_and_model_throug
     assert ledger(tmp_path / "grid" / "ledger.csv") == ledger(tmp_path / "sim" / "ledger.csv")
     assert rows(tmp_path / "grid" / "metrics.csv") == rows(tmp_path / "sim" / "metrics.csv")
     assert flower["final_accuracy"] == reference["final_accuracy"] and flower["rejected_updates"] == 0
+
+
+def misreport(client: int, reply: Message) -> Message:
+    """Client 1 names a server version it was not sent; client 2 sends no loss and n_i."""
+    if reply.metadata.message_type != "train.fedpress_async":
+        return reply
+    if client == 1:
+        reply.content["config"]["version"] = int(reply.content["config"]["version"]) + 1
+    if client == 2:
+        del reply.content["metrics"]
+    return reply
+
+
+def test_replies_that_misreport_are_rejected_by_name_and_their_bytes_still_counted(synthetic, one_thread, tmp_path):
+    cfg = async_config(**CONSTANT)
+    flower, _ = on_grid(cfg, tmp_path / "grid", tamper=misreport)
+    assert set(flower["rejections"]) == {"VERSION_MISMATCH", "BAD_METRICS"}, flower["rejections"]
+    table = rows(tmp_path / "grid" / "metrics.csv", drop=())
+    ups = [e for e in ledger(tmp_path / "grid" / "ledger.csv") if e["direction"] == "up"]
+    assert len(ups) == flower["uploads"]  # every frame that crossed, used or not
+    # never aggregated: the steps took only the others' updates
+    assert sum(int(r["clients"]) for r in table) == flower["uploads"] - flower["rejected_updates"]
+
+
+def failing_mod(msg, context, call_next):
+    """Every start fails on client 0 (an error with no reason) and on client 3 (an exception)."""
+    if msg.metadata.message_type == "train.fedpress_async":
+        if context.node_config["partition-id"] == 0:
+            return Message(Error(2), reply_to=msg)
+        if context.node_config["partition-id"] == 3:
+            raise RuntimeError("this node's disk is full")
+    return call_next(msg, context)
+
+
+def test_nodes_that_keep_failing_are_given_up_and_the_run_goes_on(synthetic, one_thread, tmp_path):
+    cfg = async_config(**CONSTANT)
+    exp = setup(cfg)
+    grid = LocalGrid(client_app(FixedSource(exp), mods=[failing_mod]), cfg.data.num_clients)
+    flower = serve(grid, exp, tmp_path, clock=grid.clock)
+    starts = [e["client"] for e in ledger(tmp_path / "ledger.csv") if e["direction"] == "down"]
+    assert flower["server_steps"] == cfg.rounds
+    assert flower["rejections"] == {"CLIENT_ERROR": starts.count("0") + starts.count("3")}
+    assert starts.count("0") == 3 and starts.count("3") <= 3  # three errors in a row, then never again
+    assert int(rows(tmp_path / "metrics.csv", drop=())[-1]["lost"]) == 1 + (starts.count("3") == 3)
+
+
+def test_a_run_whose_every_node_fails_stops_with_a_clear_error(synthetic, one_thread, tmp_path):
+    def always_fails(msg, context, call_next):
+        return Message(Error(2, "boom"), reply_to=msg) if msg.metadata.message_type.startswith("train") \
+            else call_next(msg, context)
+
+    cfg = async_config(**CONSTANT)
+    exp = setup(cfg)
+    grid = LocalGrid(client_app(FixedSource(exp), mods=[always_fails]), cfg.data.num_clients)
+    with pytest.raises(RuntimeError, match="no client left to train after 0 server steps: 12 of 12"):
+        serve(grid, exp, tmp_path, clock=grid.clock)
+
+
+def test_a_message_flower_cannot_take_is_not_counted_and_its_node_is_given_up(synthetic, one_thread, tmp_path):
+    class Refusing(LocalGrid):
+        def push_messages(self, messages):
+            messages = list(messages)
+            if messages[0].metadata.dst_node_id == self.node_of[8]:
+                return []  # as Flower's grids do when the message cannot be stored or is too large
+            return super().push_messages(messages)
+
+    cfg = async_config(**{**CONSTANT, **QAFEL})
+    exp = setup(cfg)
+    grid = Refusing(client_app(FixedSource(exp)), cfg.data.num_clients)
+    flower = serve(grid, exp, tmp_path, clock=grid.clock)
+    assert flower["server_steps"] == cfg.rounds and flower["rejected_updates"] == 0
+    assert not [e for e in ledger(tmp_path / "ledger.csv") if e["client"] == "8"]  # its x̂ never left

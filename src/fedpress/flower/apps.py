@@ -36,7 +36,7 @@ from fedpress.wire import decode
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
@@ -166,8 +166,8 @@ def error_reason(reply: Message) -> str:
     CLIENT_ERROR when its ClientApp raised (the reason is logged)."""
     if reply.error.code in _LOST_CODES:
         return NO_REPLY
-    print(f"fedpress: node {reply.metadata.src_node_id} answered with an error: {reply.error.reason[-500:]}",
-          file=sys.stderr)
+    print(f"fedpress: node {reply.metadata.src_node_id} answered with error {reply.error.code}: "
+          f"{(reply.error.reason or '')[-500:]}", file=sys.stderr)
     return "CLIENT_ERROR"
 
 
@@ -177,17 +177,33 @@ def count_bytes(content: RecordDict) -> int:
 
 
 def parse_reply(content: RecordDict) -> ClientReply:
-    metrics = content["metrics"] if "metrics" in content else MetricRecord({})
-    loss, n = float(metrics.get("loss", float("nan"))), int(metrics.get("num-examples", 0))
-    if WIRE_KEY not in content:
-        refused = str(content["config"].get("refused", "no update")) if "config" in content else "no update"
-        return ClientReply(None, loss, n, refused)
+    """A Flower reply's content as a ClientReply. `refused` names why it is not used: what
+    the client refused to send for, or BAD_METRICS for content that is not what the
+    ClientApp sends (its frame, if any, still crossed the wire and is counted)."""
+    data = _frame_bytes(content)
+    metrics = content.metric_records.get("metrics")
     try:
-        data = wire_bytes(content[WIRE_KEY])
-    except (NotFedpress, TypeError):  # not a fedpress record: its bytes, if any, go to the strict decoder
-        arrays = list(content[WIRE_KEY].values()) if isinstance(content[WIRE_KEY], ArrayRecord) else []
-        data = arrays[0].data if arrays else b""
+        loss, n = float(metrics["loss"]), int(metrics["num-examples"])
+    except (TypeError, KeyError, ValueError):  # no MetricRecord, or not its two entries
+        return ClientReply(data, float("nan"), 0, "BAD_METRICS")
+    if n < 0:
+        return ClientReply(data, loss, 0, "BAD_METRICS")
+    if data is None:
+        config = content.config_records.get("config")
+        return ClientReply(None, loss, n, str(config.get("refused", "NO_UPDATE")) if config else "NO_UPDATE")
     return ClientReply(data, loss, n)
+
+
+def _frame_bytes(content: RecordDict) -> bytes | None:
+    """The reply's frame; the bytes of a record that is not fedpress's go to the strict decoder."""
+    record = content.array_records.get(WIRE_KEY)
+    if record is None:
+        return None
+    try:
+        return wire_bytes(record)
+    except (NotFedpress, TypeError):
+        arrays = list(record.values())
+        return arrays[0].data if arrays else b""
 
 
 def reply_content(reply: ClientReply, **config) -> RecordDict:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -54,6 +54,7 @@ TRAIN = "train.fedpress_async"
 SYNC_KEY = "fedpress-sync"  # the message's record of x̂ or missed broadcasts
 COPY_KEY = "fedpress-copy"  # Context.state: {"copy": x̂, "version": v}
 POLL = 0.05  # seconds between pulls when nothing has come
+MAX_ERRORS = 3  # error replies in a row after which a node is not started again
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class GridAsync:
         self.cfg, self.acfg, self.alg, self.timeout = exp.config, exp.config.asynchronous, exp.algorithm, timeout
         self.pending: dict[str, Pending] = {}  # message id -> start
         self.lost: set[int] = set()  # clients whose node stopped answering: not started again
+        self.errors: dict[int, int] = {}  # client -> error replies in a row (MAX_ERRORS: lost)
         self.held: dict[int, int] = {}  # client -> version of the x̂ its node holds (QAFeL; fresh on resume)
         self.history: dict[int, bytes] = {}  # version v -> the q that made x̂_v, while worth keeping
         self.dense = dense_frame_bytes(exp.wire)  # x̂ whole: the most catching up may cost
@@ -102,6 +104,8 @@ class GridAsync:
         p.started += 1
         lr = self.cfg.train.lr_at(t, self.cfg.rounds)
         cctx = ClientContext(seq, client, int(self.exp.parts[client].numel()), self.cfg.seed, self.exp.model, lr)
+        # what start() counts and marks is undone if Flower cannot take the message
+        counted, held, joined = len(p.ledger.entries), dict(self.held), bool(p.joined[client])
         content = RecordDict({"config": ConfigRecord({"version": t, "seq": seq, "from": self.held.get(client, -1)})})
         sync = self.sync_frames(client)
         if sync:
@@ -111,8 +115,13 @@ class GridAsync:
             content[WIRE_KEY] = wire_record(post(down, wire_layout, p.ledger, t, DOWN, client))
         self.flower_bytes["down"] += count_bytes(content)
         message = Message(content, dst_node_id=self.node_of[client], message_type=TRAIN, group_id=str(seq))
-        (message_id,) = self.grid.push_messages([message])
-        self.pending[message_id] = Pending(client, t, seq, self.clock())
+        ids = list(self.grid.push_messages([message]))
+        if len(ids) != 1 or not ids[0]:  # Flower could not take it: nothing crossed, and the node is given up
+            del p.ledger.entries[counted:]
+            self.held, p.joined[client] = held, joined
+            self.lose(client, "could not be sent a message (Flower refused it)")
+            return
+        self.pending[ids[0]] = Pending(client, t, seq, self.clock())
 
     def sync_frames(self, client: int) -> dict[str, bytes]:
         """QAFeL: x̂ whole for a node that holds none (first time: JOIN; again: DOWN), else
@@ -145,10 +154,11 @@ class GridAsync:
         p.now = self.clock() - self.t0
         p.uploads += 1
         got = self.parse(reply, f)
-        if got.data is None:
+        if got.data is not None:  # what crossed is counted, used or not
+            p.ledger.record(p.round, UP, f.client, len(got.data))
+        if got.refused:
             p.rejected.append(got.refused)
         else:
-            p.ledger.record(p.round, UP, f.client, len(got.data))
             try:
                 arrived = decode(got.data, self.exp.wire)
             except WireError as e:
@@ -161,24 +171,31 @@ class GridAsync:
         return self.alg.ready(p.server)
 
     def parse(self, reply: Message, f: Pending) -> ClientReply:
+        """The reply as a ClientReply; `refused` names why it is not used (its data, if any,
+        still crossed the wire)."""
         if reply.has_error():
             reason = error_reason(reply)
+            self.errors[f.client] = self.errors.get(f.client, 0) + 1
             if reason == NO_REPLY:
                 self.lose(f.client)
+            elif self.errors[f.client] >= MAX_ERRORS:
+                self.lose(f.client, f"answered {MAX_ERRORS} starts in a row with an error")
             self.held.pop(f.client, None)  # whatever it holds, it gets x̂ whole next time
             return ClientReply(None, float("nan"), 0, reason)
+        self.errors.pop(f.client, None)
         self.flower_bytes["up"] += count_bytes(reply.content)
         got = parse_reply(reply.content)
-        carried = reply.content["config"].get("version") if "config" in reply.content else None
-        if carried != f.version:  # the staleness must come from the version the start was sent
-            return ClientReply(None, got.loss, got.num_samples, "VERSION_MISMATCH")
+        config = reply.content.config_records.get("config")
+        if not got.refused and (config is None or config.get("version") != f.version):
+            # the staleness must come from the version the start was sent
+            return replace(got, refused="VERSION_MISMATCH")
         return got
 
-    def lose(self, client: int) -> None:
+    def lose(self, client: int, why: str = "stopped answering") -> None:
         if client not in self.lost:
             self.lost.add(client)
-            print(f"fedpress: client {client} (node {self.node_of[client]}) stopped answering; it is not "
-                  f"started again in this run", file=sys.stderr)
+            print(f"fedpress: client {client} (node {self.node_of[client]}) {why}; it is not started again "
+                  f"in this run", file=sys.stderr)
 
     def expire(self) -> None:
         """Starts older than the timeout are lost: counted NO_REPLY, their node not used again."""
@@ -201,7 +218,8 @@ class GridAsync:
         if acfg.arrivals == "concurrency":
             for _ in range(acfg.concurrency):
                 self.start_idle()
-        step_started = time.perf_counter()
+        step_started, since_step = time.perf_counter(), 0
+        limit = 1000 * self.cfg.data.num_clients  # as the virtual clock: replies without a step
         while p.round < self.cfg.rounds:
             if acfg.arrivals == "rate":
                 while p.clock_starts / acfg.rate <= self.clock() - self.t0:
@@ -218,7 +236,12 @@ class GridAsync:
             for reply in replies:
                 if reply.metadata.reply_to_message_id not in self.pending:
                     continue  # expired already
+                since_step += 1
+                if since_step > limit:
+                    raise RuntimeError(f"flower: no server step after {limit} replies; rejections so far: "
+                                       f"{', '.join(sorted(set(p.rejected)))}")
                 if self.arrive(reply):
+                    since_step = 0
                     row = engine.server_step(self.exp, p, time.perf_counter() - step_started, self.broadcast,
                                              in_flight=len(self.pending))
                     row.update(flower_uplink_bytes=self.flower_bytes["up"],

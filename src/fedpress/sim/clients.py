@@ -28,10 +28,10 @@ NON_FINITE_RESULT = "NON_FINITE_RESULT"  # the local model went NaN/inf: nothing
 
 @dataclass(frozen=True)
 class ClientReply:
-    data: bytes | None  # the encoded update; None when the client refused to send one
+    data: bytes | None  # the encoded update; None when the client sent none
     loss: float  # mean local training loss
     num_samples: int  # n_i, the weight of the update in a sample-weighted mean
-    refused: str = ""  # why data is None: NON_FINITE_RESULT, or the WireError reason that stopped the encoder
+    refused: str = ""  # why the update is not used (NON_FINITE_RESULT, a WireError reason, ...); "": use it
 
 
 def train_spec(cfg: Config, round_: int) -> TrainSpec:

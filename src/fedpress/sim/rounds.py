@@ -150,10 +150,11 @@ def server_round(exp: Experiment, p: Progress, clients, t: int) -> dict:
         if reply is None:
             rejected.append(NO_REPLY)  # lost: the node failed or the round timed out
             continue
-        if reply.data is None:
-            rejected.append(reply.refused or "REFUSED")  # the client sent nothing (diverged, fp16 overflow)
+        if reply.data is not None:  # what crossed is counted, used or not
+            p.ledger.record(t, UP, c, len(reply.data))
+        if reply.refused or reply.data is None:
+            rejected.append(reply.refused or "REFUSED")  # refused at the client (diverged, fp16 overflow), or bad
             continue
-        p.ledger.record(t, UP, c, len(reply.data))
         try:
             arrived = decode(reply.data, wire)
         except WireError as e:  # corrupt or foreign bytes: counted, never aggregated
