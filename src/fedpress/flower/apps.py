@@ -274,6 +274,12 @@ def serve(grid: Grid, exp: Experiment, out: str | Path | None, *, resume: bool =
 # --- the client side ---
 
 
+def client_state(exp: Experiment, context: Context) -> Any:
+    """The node's algorithm state from Context.state, or the algorithm's initial one."""
+    found, state = load_state(context)
+    return state if found else exp.algorithm.init_client(exp.model.layout)
+
+
 def client_app(source: Callable[..., Experiment], threads: int = 1, mods: Sequence = ()) -> ClientApp:
     """A ClientApp that trains the node's partition (`node_config["partition-id"]`) with the
     config's algorithm, its state kept in Context.state between rounds; `mods`: Flower
@@ -285,9 +291,7 @@ def client_app(source: Callable[..., Experiment], threads: int = 1, mods: Sequen
         torch.set_num_threads(threads)  # one thread: the same floating-point sums as the simulator
         exp, c = source(context), int(context.node_config["partition-id"])
         t = int(msg.content["config"]["round"])
-        found, state = load_state(context)
-        if not found:
-            state = exp.algorithm.init_client(exp.model.layout)
+        state = client_state(exp, context)
         received = decode(wire_bytes(msg.content[WIRE_KEY]), exp.wire).expand(exp.wire) \
             if WIRE_KEY in msg.content else None
         ctx = client_context(exp, t, c)

@@ -39,12 +39,12 @@ from flwr.serverapp import Grid
 
 from fedpress import local, wire
 from fedpress.algorithms import ClientContext, RoundContext
-from fedpress.flower.apps import count_bytes, discover, error_reason, parse_reply, reply_content
+from fedpress.flower.apps import client_state, count_bytes, discover, error_reason, parse_reply, reply_content
 from fedpress.flower.records import WIRE_KEY, load_state, save_state, wire_array, wire_bytes, wire_record
 from fedpress.metrics.ledger import DOWN, JOIN, UP
 from fedpress.rng import derive
 from fedpress.sim import asynchronous as engine
-from fedpress.sim.clients import ClientReply, finish, train_spec
+from fedpress.sim.clients import ClientReply, client_job, finish, train_spec
 from fedpress.sim.rounds import NO_REPLY, Experiment
 from fedpress.sim.transport import dense_frame_bytes, post
 from fedpress.wire import WireError, decode
@@ -303,15 +303,12 @@ def train_async(exp: Experiment, msg: Message, context: Context) -> Message:
     if received is None:
         raise RuntimeError(f"client {c}: the start brought no model and the node holds no synced state")
 
-    found, state = load_state(context)
-    if not found:
-        state = alg.init_client(exp.model.layout)
-    lr = cfg.train.lr_at(version, cfg.rounds)
-    ctx = ClientContext(seq, c, int(exp.parts[c].numel()), cfg.seed, exp.model, lr)
+    state = client_state(exp, context)
+    # the start's number names its random streams; the lr is the one of the version it starts from
+    ctx = ClientContext(seq, c, int(exp.parts[c].numel()), cfg.seed, exp.model, cfg.train.lr_at(version, cfg.rounds))
     plan = alg.client_begin(state, received, ctx)
-    idx = exp.parts[c]
-    result = local.train(exp.model, plan, exp.dataset.x_train[idx], exp.dataset.y_train[idx],
-                         train_spec(cfg, version), derive(cfg.seed, "train", seq, c))
+    job = client_job(exp, plan, seq, c)
+    result = local.train(exp.model, plan, job.inputs, job.targets, train_spec(cfg, version), job.rng)
     reply, new_state = finish(exp, state, plan, result, ctx)
     if new_state is not None:
         save_state(context, new_state)

@@ -43,12 +43,12 @@ from fedpress import state as state_io
 from fedpress.algorithms import ClientContext, RoundContext, Uplink
 from fedpress.config import AsyncConfig, Config
 from fedpress.errors import ConfigError
-from fedpress.local import TrainSpec, evaluate
+from fedpress.local import evaluate
 from fedpress.metrics.ledger import BROADCAST, DOWN, JOIN, UP, Ledger
 from fedpress.rng import derive
 from fedpress.sim import rounds
-from fedpress.sim.clients import NON_FINITE_RESULT
-from fedpress.sim.executor import EXECUTORS, Job
+from fedpress.sim.clients import NON_FINITE_RESULT, client_job, train_spec
+from fedpress.sim.executor import EXECUTORS
 from fedpress.sim.rounds import Experiment, kept_per_tensor, tally, write_metrics, write_outputs
 from fedpress.sim.transport import dense_frame_bytes, send
 from fedpress.wire import Reason, WireError
@@ -236,17 +236,8 @@ class Engine:
             raise RuntimeError(f"{alg.name}: dispatch sent nothing, and the client holds no synced state")
         state = p.clients[client] if client in p.clients else alg.init_client(exp.model.layout)
         plan = alg.client_begin(state, received, cctx)
-        spec = TrainSpec(
-            lr=lr,
-            batch_size=cfg.train.batch_size,
-            epochs=cfg.train.epochs,
-            steps=cfg.train.steps or None,
-            momentum=cfg.train.momentum,
-            weight_decay=cfg.train.weight_decay,
-        )
-        idx = exp.parts[client]
-        job = Job(plan, exp.dataset.x_train[idx], exp.dataset.y_train[idx], derive(cfg.seed, "train", seq, client))
-        result = self.executor.run(exp.model, [job], spec)[0]
+        # the synchronous client's job and settings, with the start's number for the round
+        result = self.executor.run(exp.model, [client_job(exp, plan, seq, client)], train_spec(cfg, p.round))[0]
         message = None
         if bool(torch.isfinite(result.x).all()):  # a diverged client sends nothing
             message, state = alg.client_end(state, plan, result, cctx)
