@@ -21,9 +21,9 @@ from fedpress.local import batches
 from fedpress.metrics.ledger import Ledger
 from fedpress.models import build_model
 from fedpress.rng import derive
+from fedpress.runtime.executor import Sequential
+from fedpress.runtime.transport import dense_frame_bytes
 from fedpress.sim import Progress, run_round, sample_clients, setup
-from fedpress.sim.executor import Sequential
-from fedpress.sim.transport import dense_frame_bytes
 
 
 def config(rounds: int):

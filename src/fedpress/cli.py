@@ -76,7 +76,7 @@ def _partition(args) -> int:
     from fedpress.config import load
     from fedpress.data import load as load_data
     from fedpress.data import plot_summary, summary
-    from fedpress.sim.rounds import client_partition
+    from fedpress.runtime.experiment import client_partition
 
     cfg = load(args.config, args.set)
     ds = load_data(cfg.data.dataset)

@@ -20,19 +20,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedpress.algorithms.fedbuff import SPECS as ASYNC_SPECS
 from fedpress.algorithms.registry import REGISTRY, resolve_params
 from fedpress.errors import ConfigError
 
 LR_SCHEDULES = ("constant", "exponential", "step", "cosine")
-EXECUTORS = ("sequential",)
-ASYNC_ALGORITHMS = tuple(ASYNC_SPECS)  # run by sim/asynchronous.py, configured by [async]
+EXECUTORS = ("sequential",)  # runtime.executor.EXECUTORS
+# run by sim/asynchronous.py, configured by [async]: the registry entries that need the buffered runtime
+ASYNC_ALGORITHMS = tuple(name for name, spec in REGISTRY.items() if spec.runtime == "buffered")
 ARRIVALS = ("concurrency", "rate")
 DURATIONS = ("half_normal", "exponential", "constant")
 STALENESS = ("constant", "polynomial", "hinge")
@@ -119,6 +120,7 @@ class Config:
     eval_every: int = 5
     checkpoint_every: int = 10
     executor: str = "sequential"
+    device: str = "cpu"  # where local training and evaluation run: "cpu", "auto", "cuda", "cuda:N", "mps"
     round_timeout: float = 0.0  # Flower: seconds a round waits for replies; the rest are lost (0: no limit)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -194,6 +196,8 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     _require(cfg.eval_every >= 1, f"eval_every = {cfg.eval_every} must be >= 1")
     _require(cfg.checkpoint_every >= 0, "checkpoint_every must be >= 0 (0: no checkpoints)")
     _require(cfg.executor in EXECUTORS, f"executor = {cfg.executor!r}; allowed: {list(EXECUTORS)}")
+    _require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device) is not None,
+             f"device = {cfg.device!r}; allowed: \"auto\", \"cpu\", \"cuda\", \"cuda:N\", \"mps\"")
     _require(cfg.round_timeout >= 0 and math.isfinite(cfg.round_timeout),
              f"round_timeout = {cfg.round_timeout} must be >= 0 seconds (0: no limit)")
     algorithm = _algorithm(tables["algorithm"])

@@ -17,6 +17,7 @@ binary logistic loss on labels in {0, 1} (QAFeL's logistic regression, spec §5.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ try:  # the binding torch.func.functional_call makes on every call, to hold it f
 except ImportError:  # pragma: no cover - a torch without it falls back to per-step binding
     _reparametrize_module = None
 
+from fedpress.compress.codec import Codec
 from fedpress.layout import Layout
 
 
@@ -96,23 +98,98 @@ class TrainSpec:
     steps: int | None = None  # if set, a fixed number of minibatch steps instead of epochs
     momentum: float = 0.0
     weight_decay: float = 0.0
+    # where the model and the batches live while training; the plan comes from and the
+    # result goes back to the CPU, where states and messages stay
+    device: torch.device = torch.device("cpu")
+
+
+# --- what a plan may ask of local training, as data -------------------------------------
+#
+# A plan holds tensors, numbers and these small frozen dataclasses, never closures, so it
+# pickles (a process pool), and a round's plans can be stacked (a vectorized executor).
+# Each is evaluated here; an algorithm only fills in its fields.
+
+
+@dataclass(frozen=True)
+class Proximal:
+    """coefficient · ||w − anchor||² on the parameters: FedProx's (μ/2)||w − x_t||² (spec §1.10)
+    with coefficient μ/2, EC + FedProx's τ_r||y − w||² (spec §6.3) with coefficient τ_r."""
+
+    anchor: torch.Tensor  # (P,)
+    coefficient: float
+
+    def __call__(self, w: torch.Tensor, step: int) -> torch.Tensor:
+        return self.coefficient * (w - self.anchor).square().sum()
+
+
+@dataclass(frozen=True)
+class MaskedDistance:
+    """coefficient · Σ_{j in mask} |w_j − target_j|^power: FLARE's regulariser (spec §6.2 step 2),
+    τ_r Σ M |y − (w + e)| with the round's τ_r = τ0 / c^(r+1) as coefficient."""
+
+    mask: torch.Tensor  # (P,) bool
+    target: torch.Tensor  # (mask.sum(),) the masked coordinates of w + e
+    coefficient: float
+    power: int = 1  # 1: l1 (the reference code), 2: squared l2
+
+    def __call__(self, w: torch.Tensor, step: int) -> torch.Tensor:
+        diff = w[self.mask] - self.target
+        return self.coefficient * (diff.square().sum() if self.power == 2 else diff.abs().sum())
+
+
+@dataclass(frozen=True)
+class CompressedPoint:
+    """Gradients taken at C(w) instead of w (FedComLoc-Local, spec §4: g_i = ∇f_i(C(x_i))).
+    C is a stateless codec on the parameter layout; its draws come from one generator seeded
+    with `seed` at the start of local training and advanced step by step."""
+
+    codec: Codec
+    layout: Layout  # the parameters' layout
+    seed: int  # derive_seed(run seed, "local_compress", round, client)
+
+    def start(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The point function of one local training: w (P,) -> C(w) (P,)."""
+        rng = torch.Generator()
+        rng.manual_seed(self.seed)
+
+        def at(w: torch.Tensor) -> torch.Tensor:
+            # the codec and its generator live on the CPU; the point goes back to w's device
+            msg, _ = self.codec.encode(w.cpu(), self.layout, self.codec.init(self.layout), rng)
+            return msg.expand(self.layout).to(w.device)
+
+        return at
+
+
+Penalty = Callable[[torch.Tensor, int], torch.Tensor]  # (w (P,), step) -> scalar: Proximal, MaskedDistance
 
 
 @dataclass(frozen=True)
 class LocalPlan:
-    """What an algorithm asks one client's local training to do."""
+    """What an algorithm asks one client's local training to do: data only (see above)."""
 
     x0: torch.Tensor  # (d,) start point: parameters then buffers
     steps: int | None = None  # overrides TrainSpec (Scaffnew's random L)
     lr: float | None = None  # overrides TrainSpec (a schedule's value this round)
     # penalty(w, step) -> scalar added to the loss; w is the flat (P,) parameter vector
-    # (FedProx: mu/2 ||w - x||^2; FLARE's regulariser)
-    penalty: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+    penalty: Penalty | None = None  # Proximal, MaskedDistance (any callable runs in-process)
     penalty_steps: int | None = None  # the penalty applies to steps < penalty_steps (None: all)
     grad_offset: torch.Tensor | None = None  # (P,) added to every gradient (Scaffnew: -h_i)
-    grad_at: Callable[[torch.Tensor], torch.Tensor] | None = None  # (P,) -> (P,) gradient point
+    grad_at: CompressedPoint | Callable[[torch.Tensor], torch.Tensor] | None = None  # (P,) -> (P,) gradient point
     momentum_reset_step: int | None = None  # zero the momentum before this step (FLARE reference code)
     grad_mask: torch.Tensor | None = None  # (P,) multiplies every gradient: fixed-mask training (FLASH)
+
+
+def on_device(obj, device: torch.device):
+    """A plan (or one of its terms) with every tensor on `device`; the same object when they
+    are there already (on the CPU, nothing is copied)."""
+    if isinstance(obj, torch.Tensor):
+        return obj if obj.device == device else obj.to(device)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type | Codec | Layout):
+        changes = {f.name: on_device(getattr(obj, f.name), device) for f in dataclasses.fields(obj)}
+        if all(changes[k] is getattr(obj, k) for k in changes):
+            return obj
+        return dataclasses.replace(obj, **changes)
+    return obj
 
 
 @dataclass(frozen=True)
@@ -155,6 +232,14 @@ def bound(module: nn.Module, tensors: dict[str, torch.Tensor]):
         yield module
 
 
+def _forked_rng(device: torch.device):
+    """torch's global generators forked for the block: the CPU's, and the device's if not the CPU."""
+    if device.type == "cpu":
+        return torch.random.fork_rng(devices=[])
+    index = device.index if device.index is not None else 0
+    return torch.random.fork_rng(devices=[index], device_type=device.type)
+
+
 def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
 
@@ -172,6 +257,9 @@ def train(
     steps = num_steps(n, spec, plan)
     if n == 0 or steps == 0:
         return LocalResult(plan.x0.clone(), 0, float("nan"))
+    device = spec.device
+    plan = on_device(plan, device)  # the same plan on the CPU: nothing is copied
+    inputs, targets = inputs.to(device), targets.to(device)
     P = model.num_params
     names = model.param_layout.names
     # Parameters train as separate leaf tensors, as in an nn.Module: autograd writes each
@@ -185,20 +273,22 @@ def train(
     gmask = None if plan.grad_mask is None else list(model.param_layout.unflatten(plan.grad_mask).values())
     velocity = [torch.zeros_like(p) for p in params] if spec.momentum else None
     lr = spec.lr if plan.lr is None else plan.lr
-    total = torch.zeros(())
+    grad_at = plan.grad_at.start() if isinstance(plan.grad_at, CompressedPoint) else plan.grad_at
+    total = torch.zeros((), device=device)
     model.module.train()
-    # Dropout and other in-model randomness draw from torch's global generator: seed it
-    # from this client's generator inside a fork, so nothing leaks out and runs repeat.
-    with torch.random.fork_rng(devices=[]):
+    # Dropout and other in-model randomness draw from torch's global generator (the
+    # device's, on a GPU): seed it from this client's generator inside a fork, so nothing
+    # leaks out and runs repeat.
+    with _forked_rng(device):
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=rng)))
         with bound(model.module, state) as forward:
             for step, idx in enumerate(batches(n, spec.batch_size, steps, rng)):
                 if velocity is not None and step == plan.momentum_reset_step:
                     velocity = [torch.zeros_like(p) for p in params]
-                if plan.grad_at is None:
+                if grad_at is None:
                     point, logits = params, forward(inputs[idx])
                 else:  # gradient taken at another point, applied to w (FedComLoc-Local)
-                    moved = plan.grad_at(_flat([p.detach() for p in params]))  # (P,)
+                    moved = grad_at(_flat([p.detach() for p in params]))  # (P,)
                     point = [t.clone().requires_grad_(True) for t in model.param_layout.unflatten(moved).values()]
                     logits = functional_call(model.module, {**state, **dict(zip(names, point, strict=True))},
                                              (inputs[idx],))
@@ -219,22 +309,24 @@ def train(
                         torch._foreach_add_(velocity, grads)
                         grads = velocity
                     torch._foreach_add_(params, grads, alpha=-lr)
-    x = torch.cat([_flat([p.detach() for p in params]), buffers])
+    x = torch.cat([_flat([p.detach() for p in params]), buffers]).cpu()  # (d,)
     return LocalResult(x, steps, float(total) / steps)
 
 
 @torch.no_grad()
 def evaluate(model: FlatModel, x: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
-             batch_size: int = 2000) -> tuple[float, float]:
-    """(accuracy, mean loss) of the model state x on a labelled set (the loss of `loss_of`)."""
+             batch_size: int = 2000, device: torch.device | None = None) -> tuple[float, float]:
+    """(accuracy, mean loss) of the model state x on a labelled set (the loss of `loss_of`),
+    computed on `device` (default: where x is)."""
     if targets.numel() == 0:
         return float("nan"), float("nan")
+    device = x.device if device is None else device
     model.module.eval()
-    state = model.tensors(x)
+    state = model.tensors(x.to(device))
     correct, loss = 0, 0.0
     for at in range(0, targets.numel(), batch_size):
-        logits = functional_call(model.module, state, (inputs[at : at + batch_size],))
-        y = targets[at : at + batch_size]
+        logits = functional_call(model.module, state, (inputs[at : at + batch_size].to(device),))
+        y = targets[at : at + batch_size].to(device)
         loss += float(loss_of(logits, y, reduction="sum"))
         correct += int((predictions(logits) == y).sum())
     return correct / targets.numel(), loss / targets.numel()

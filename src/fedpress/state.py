@@ -26,6 +26,9 @@ _KIND = "__kind__"
 def to_tree(obj: Any) -> Any:
     if obj is None or isinstance(obj, bool | int | float | str | torch.Tensor):
         return obj
+    if isinstance(obj, bytes):  # an encoded message (an upload in flight)
+        return {_KIND: "bytes", "data": torch.frombuffer(bytearray(obj), dtype=torch.uint8) if obj else
+                torch.zeros(0, dtype=torch.uint8)}
     if dataclasses.is_dataclass(obj):
         cls = type(obj)
         fields = {f.name: to_tree(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
@@ -51,6 +54,8 @@ def from_tree(tree: Any) -> Any:
         return tuple(from_tree(x) for x in tree["items"])
     if kind == "dict":
         return {k: from_tree(v) for k, v in tree["items"]}
+    if kind == "bytes":
+        return tree["data"].numpy().tobytes()
     if kind == "dataclass":
         module, _, qualname = tree["class"].partition(":")
         if not module.startswith("fedpress."):

@@ -19,11 +19,13 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedpress import wire  # noqa: E402
 from fedpress.flower import FixedSource, client_app  # noqa: E402
-from fedpress.flower.apps import PARTITION, serve  # noqa: E402
+from fedpress.flower.apps import serve  # noqa: E402
+from fedpress.flower.messages import PARTITION  # noqa: E402
 from fedpress.flower.records import WIRE_KEY, wire_bytes, wire_record  # noqa: E402
 from fedpress.layout import Layout  # noqa: E402
+from fedpress.runtime.outputs import RunDirectory  # noqa: E402
+from fedpress.runtime.transport import dense_frame_bytes  # noqa: E402
 from fedpress.sim import asynchronous, setup  # noqa: E402
-from fedpress.sim.transport import dense_frame_bytes  # noqa: E402
 from fedpress.wire.message import Dense  # noqa: E402
 from fedpress.wire.message import Message as WireMessage  # noqa: E402
 from tests.sim.conftest import tiny_config  # noqa: E402
@@ -248,17 +250,17 @@ def test_a_killed_asynchronous_run_resumes_from_its_last_checkpoint(synthetic, o
     cfg = async_config(**{**CONSTANT, **QAFEL, "checkpoint_every": 2})
     whole, _ = on_grid(cfg, tmp_path / "whole")
 
-    after_step = asynchronous.after_step
+    after_row = RunDirectory.after_row
 
-    def die_after_step_5(exp, p, row, out_dir, bar=None):
-        after_step(exp, p, row, out_dir, bar)
+    def die_after_step_5(self, cfg, p, done):
+        after_row(self, cfg, p, done)
         if p.round == 5:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(asynchronous, "after_step", die_after_step_5)
+    monkeypatch.setattr(RunDirectory, "after_row", die_after_step_5)
     with pytest.raises(KeyboardInterrupt):
         on_grid(cfg, tmp_path / "resumed")
-    monkeypatch.setattr(asynchronous, "after_step", after_step)
+    monkeypatch.setattr(RunDirectory, "after_row", after_row)
     exp = setup(cfg)
     grid = LocalGrid(client_app(FixedSource(exp)), cfg.data.num_clients)  # new nodes: a new Flower run
     resumed = serve(grid, exp, tmp_path / "resumed", resume=True, clock=grid.clock)

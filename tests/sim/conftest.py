@@ -25,7 +25,7 @@ def synthetic_dataset(n_train=1200, n_test=400, seed=0) -> Dataset:
 @pytest.fixture
 def synthetic(monkeypatch):
     ds = synthetic_dataset()
-    monkeypatch.setattr("fedpress.sim.rounds.load", lambda name, normalize=True: ds)
+    monkeypatch.setattr("fedpress.runtime.experiment.load", lambda name, normalize=True: ds)
     return ds
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from fedpress.metrics.ledger import BROADCAST, DOWN, JOIN, UP
+from fedpress.runtime.executor import Sequential
+from fedpress.runtime.transport import Transport, dense_frame_bytes
 from fedpress.sim import asynchronous
 from fedpress.sim.asynchronous import Engine, Flight, arrival_first, fresh, setup, staleness_weight, within_staleness
-from fedpress.sim.executor import Sequential
-from fedpress.sim.transport import dense_frame_bytes
 from tests.sim.conftest import synthetic_dataset, with_overrides
 
 
@@ -71,9 +71,9 @@ def test_staleness_weights_follow_their_formulas():
 def test_clock_orders_ties_by_start_and_arrivals_before_starts():
     flights = []
     for seq in (4, 1, 3, 0, 2):
-        heapq.heappush(flights, Flight(1.0 if seq != 3 else 0.5, seq, seq, 0, 0.0, None, 0.0))
+        heapq.heappush(flights, Flight(1.0 if seq != 3 else 0.5, seq, seq, 0, 0.0, None))
     assert [heapq.heappop(flights).seq for _ in range(5)] == [3, 0, 1, 2, 4]
-    same = [Flight(2.0, 0, 0, 0, 0.0, None, 0.0)]
+    same = [Flight(2.0, 0, 0, 0, 0.0, None)]
     assert arrival_first(same, 2.0) and not arrival_first(same, 1.999) and not arrival_first([], 5.0)
 
 
@@ -245,14 +245,14 @@ def test_every_client_holds_the_servers_hidden_state_after_applying_all_broadcas
     every broadcast q, decoded from the bytes) and checks it against the server's x_hat."""
     cfg = async_config(rounds=6, **{**QAFEL, "algorithm.server_quantizer": "minmax_affine", "algorithm.server_bits": 2})
     received = []
-    real_send = asynchronous.send
+    real_send = Transport.send
 
-    def spy(msg, layout, ledger, round_, direction, client, receivers=1):
-        out = real_send(msg, layout, ledger, round_, direction, client, receivers)
-        received.append((direction, client, out.expand(layout)))
+    def spy(self, msg, round_, direction, client, receivers=1):
+        out = real_send(self, msg, round_, direction, client, receivers)
+        received.append((direction, client, out.expand(self.layout)))
         return out
 
-    monkeypatch.setattr(asynchronous, "send", spy)
+    monkeypatch.setattr(Transport, "send", spy)
     exp = setup(cfg)
     p = fresh(exp)
     engine = Engine(exp, p, Sequential())
@@ -318,7 +318,7 @@ def binary_dataset():
 
 def test_one_logit_logistic_regression_reports_the_regularised_objective(monkeypatch, tmp_path):
     ds = binary_dataset()
-    monkeypatch.setattr("fedpress.sim.rounds.load", lambda name, normalize=True: ds)
+    monkeypatch.setattr("fedpress.runtime.experiment.load", lambda name, normalize=True: ds)
     cfg = async_config(
         **{
             "model": {"name": "logreg", "outputs": 1, "init": "zeros"},

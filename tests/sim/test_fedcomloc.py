@@ -11,10 +11,10 @@ from fedpress.compress import fp32
 from fedpress.data import Dataset
 from fedpress.errors import ConfigError
 from fedpress.metrics.ledger import BROADCAST, DOWN, UP
+from fedpress.runtime.executor import Sequential
+from fedpress.runtime.transport import dense_frame_bytes
 from fedpress.sim import setup
-from fedpress.sim.executor import Sequential
 from fedpress.sim.rounds import run_round
-from fedpress.sim.transport import dense_frame_bytes
 from tests.sim.conftest import tiny_config, with_overrides
 from tests.sim.test_run import fresh_progress
 
@@ -209,7 +209,7 @@ def optimum(exp) -> torch.Tensor:
 @pytest.fixture
 def convex(monkeypatch):
     ds = heterogeneous_logistic()
-    monkeypatch.setattr("fedpress.sim.rounds.load", lambda name, normalize=True: ds)
+    monkeypatch.setattr("fedpress.runtime.experiment.load", lambda name, normalize=True: ds)
     return ds
 
 

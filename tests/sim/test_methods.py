@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from fedpress.config import from_dict
+from fedpress.runtime.executor import Sequential
 from fedpress.sim import run, sample_clients, setup
-from fedpress.sim.executor import Sequential
 from tests.sim.conftest import tiny_config
 from tests.sim.test_run import fresh_progress, rows
 

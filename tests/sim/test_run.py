@@ -11,9 +11,9 @@ from fedpress.algorithms import ClientContext, RoundContext
 from fedpress.local import LocalPlan, TrainSpec, train
 from fedpress.metrics.ledger import Ledger
 from fedpress.rng import derive
+from fedpress.runtime.executor import Sequential
+from fedpress.runtime.transport import dense_frame_bytes
 from fedpress.sim import Progress, run, run_round, sample_clients, setup
-from fedpress.sim.executor import Sequential
-from fedpress.sim.transport import dense_frame_bytes
 from fedpress.wire import Reason, WireError
 from tests.sim.conftest import tiny_config
 
@@ -225,7 +225,7 @@ def test_a_corrupt_reply_is_counted_and_rejected_never_aggregated(synthetic):
 
 
 def test_rejections_are_tallied_per_round_and_summed_in_the_summary():
-    from fedpress.sim.rounds import rejections, tally
+    from fedpress.runtime.rejections import rejections, tally
 
     rows = [{"rejected_reasons": tally(["TRUNCATED", "NO_REPLY", "TRUNCATED"])}, {"rejected_reasons": ""},
             {"rejected_reasons": tally(["NO_REPLY"])}]

@@ -5,8 +5,8 @@ import torch
 
 from fedpress.algorithms.sparsyfed import prunable
 from fedpress.models.powerprop import PowerpropLinear
+from fedpress.runtime.executor import Sequential
 from fedpress.sim import run, setup
-from fedpress.sim.executor import Sequential
 from fedpress.sim.rounds import run_round
 from tests.sim.conftest import tiny_config
 from tests.sim.test_run import fresh_progress

@@ -28,9 +28,11 @@ Asynchronous algorithms (FedBuff, QAFeL, Naive; `algorithms/fedbuff.py`) replace
         server, q = alg.flush(server, round_ctx)     # server step; q: Message | None, multicast to
                                                      # every client that joined
         copy = alg.apply_broadcast(copy, q, layout)  # what each of those clients does with q
-Optional hooks: `prepare_model(module, generator)` re-parameterises the model once before
-the run (SparsyFed); `round_metrics(before, after, uplinks, ctx) -> {name: number}` adds
-the method's own measurements to the round's metrics row.
+The two protocols, `RoundsAlgorithm` and `BufferedAlgorithm`, declare these steps; an algorithm subclasses
+the one it follows, which is how the registry and every runtime know which engine it needs
+(`runtime`), and which gives it the defaults of the optional hooks: `prepare_model`,
+`wire_layout`, `round_metrics` for all, `reply`/`client_reply` for rounds, `apply_broadcast`
+for buffered ones. No runtime probes an algorithm with hasattr.
 
 An algorithm never imports the simulator: it sees messages, plans and results only.
 """
@@ -38,13 +40,14 @@ An algorithm never imports the simulator: it sees messages, plans and results on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
+from torch import nn
 
 from fedpress.layout import Layout
 from fedpress.local import FlatModel, LocalPlan, LocalResult
-from fedpress.rng import derive
+from fedpress.rng import derive, derive_seed
 from fedpress.wire.message import Message
 
 Downlink = Message | dict[int, Message]
@@ -86,6 +89,10 @@ class ClientContext:
     def rng(self, purpose: str) -> torch.Generator:
         return derive(self.seed, purpose, self.round, self.client)
 
+    def seed_of(self, purpose: str) -> int:
+        """The seed of `rng(purpose)`, for a plan that makes its generator where it trains."""
+        return derive_seed(self.seed, purpose, self.round, self.client)
+
     def shared_rng(self, purpose: str) -> torch.Generator:
         """The same stream the server's RoundContext.rng(purpose) gives this round."""
         return derive(self.seed, purpose, self.round)
@@ -103,22 +110,84 @@ class Uplink:
 
 
 class Algorithm(Protocol):
+    """What every algorithm is: hyperparameters and the steps every runtime calls.
+
+    An algorithm declares which protocol it follows by subclassing it (`class FedAvg(RoundsAlgorithm)`),
+    which also gives it the optional hooks' defaults below: a runtime calls every hook
+    unconditionally and never asks an algorithm what it has (DESIGN rule 4).
+    """
+
     name: str
+    runtime: ClassVar[str]  # "rounds" (synchronous) or "buffered" (asynchronous): the engine it needs
+    plain_sgd: ClassVar[bool] = False  # local steps must be x <- x - lr g (control variates): momentum refused
 
     def init_server(self, x0: torch.Tensor, layout: Layout) -> Any: ...
 
     def init_client(self, layout: Layout) -> Any: ...
 
-    def broadcast(self, server: Any, ctx: RoundContext) -> tuple[Downlink, Any]: ...
-
-    def client_begin(self, state: Any, received: torch.Tensor, ctx: ClientContext) -> LocalPlan: ...
+    def client_begin(self, state: Any, received: torch.Tensor | None, ctx: ClientContext) -> LocalPlan: ...
 
     def client_end(self, state: Any, plan: LocalPlan, result: LocalResult,
                    ctx: ClientContext) -> tuple[Message, Any]: ...
 
+    def model(self, server: Any) -> torch.Tensor: ...
+
+    # ---------------------------------------------------------------- optional hooks, with defaults
+
+    def prepare_model(self, module: nn.Module, generator: torch.Generator) -> nn.Module:
+        """Re-parameterise the model once before the run (SparsyFed's Powerprop layers)."""
+        return module
+
+    def wire_layout(self, model: FlatModel) -> Layout:
+        """The layout of every message: the model state, unless the algorithm sends more
+        (Scaffold's model and control variate)."""
+        return model.layout
+
+    def round_metrics(self, before: Any, after: Any, uplinks: list[Uplink], ctx: RoundContext) -> dict[str, float]:
+        """The method's own measurements for the round's metrics row (extra columns)."""
+        return {}
+
+
+class RoundsAlgorithm(Algorithm, Protocol):
+    """A synchronous algorithm: rounds of broadcast, local training, aggregate."""
+
+    runtime: ClassVar[str] = "rounds"
+
+    def broadcast(self, server: Any, ctx: RoundContext) -> tuple[Downlink, Any]: ...
+
     def aggregate(self, server: Any, uplinks: list[Uplink], ctx: RoundContext) -> Any: ...
 
-    def model(self, server: Any) -> torch.Tensor: ...
+    def reply(self, server: Any, ctx: RoundContext) -> Message | None:
+        """A second message in the round, server to the clients that uploaded (Scaffnew's
+        x_bar); None: the round ends at aggregate."""
+        return None
+
+    def client_reply(self, state: Any, received: torch.Tensor, ctx: ClientContext) -> Any:
+        """What a client that uploaded does with `reply` (Scaffnew: x_i = x_bar, h_i moves)."""
+        return state
+
+
+class BufferedAlgorithm(Algorithm, Protocol):
+    """A buffered asynchronous algorithm (FedBuff, QAFeL, Naive): see the module docstring."""
+
+    runtime: ClassVar[str] = "buffered"
+
+    def join(self, server: Any, ctx: RoundContext) -> Message | None: ...
+
+    def dispatch(self, server: Any, ctx: ClientContext) -> tuple[Message | None, Any]: ...
+
+    def receive(self, server: Any, uplink: Uplink, ctx: RoundContext) -> Any: ...
+
+    def ready(self, server: Any) -> bool: ...
+
+    def flush(self, server: Any, ctx: RoundContext) -> tuple[Any, Message | None]: ...
+
+    def apply_broadcast(self, copy: torch.Tensor | None, q: Message, layout: Layout) -> torch.Tensor:
+        """What a client that keeps the synced state does with a broadcast q (QAFeL: x̂ + q)."""
+        raise NotImplementedError(f"{self.name} broadcasts nothing after a server step")
+
+
+RUNTIMES = ("rounds", "buffered")
 
 
 def weighted_mean(uplinks: list[Uplink], layout: Layout, weighting: str = "samples") -> torch.Tensor:

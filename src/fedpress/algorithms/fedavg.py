@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from fedpress.algorithms.base import ClientContext, RoundContext, Uplink, weighted_mean
+from fedpress.algorithms.base import ClientContext, RoundContext, RoundsAlgorithm, Uplink, weighted_mean
 from fedpress.compress import Codec, fp32
 from fedpress.layout import Layout
-from fedpress.local import LocalPlan, LocalResult
+from fedpress.local import LocalPlan, LocalResult, Proximal
 from fedpress.wire.message import Dense, Message
 
 
@@ -41,17 +41,13 @@ def server_step(server: ServerState, mean: torch.Tensor, lr: float, momentum: fl
     return ServerState(x=server.x + lr * m, momentum=m)
 
 
-def prox_penalty(anchor: torch.Tensor, mu: float):
+def prox_penalty(anchor: torch.Tensor, mu: float) -> Proximal:
     """FedProx (spec §1.10): (mu/2) ||w - x_t||^2 on the parameters, x_t the received model."""
-
-    def penalty(w: torch.Tensor, step: int) -> torch.Tensor:
-        return 0.5 * mu * (w - anchor).square().sum()
-
-    return penalty
+    return Proximal(anchor, 0.5 * mu)
 
 
 @dataclass(frozen=True)
-class FedAvg:
+class FedAvg(RoundsAlgorithm):
     uplink: Codec = field(default_factory=fp32)
     downlink: Codec = field(default_factory=fp32)  # a stateless codec for the broadcast model
     server_lr: float = 1.0

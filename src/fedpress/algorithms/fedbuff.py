@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from fedpress.algorithms.base import ClientContext, RoundContext, Uplink
+from fedpress.algorithms.base import BufferedAlgorithm, ClientContext, RoundContext, Uplink
 from fedpress.algorithms.params import AlgorithmSpec, Param, nonneg, positive, unit
 from fedpress.compress import Codec, fp32, minmax_affine, qsgd, top_k
 from fedpress.layout import Layout
@@ -50,7 +50,7 @@ class BufferState:
 
 
 @dataclass(frozen=True)
-class Buffered:
+class Buffered(BufferedAlgorithm):
     """One algorithm, three starting points (see the module table)."""
 
     start: str = "model"
@@ -203,17 +203,20 @@ def _build(start: str):
 
 SPECS: dict[str, AlgorithmSpec] = {
     "fedbuff": AlgorithmSpec(
-        "FedBuff (asynchronous): buffer of K fp32 updates, clients start from x", SERVER_PARAMS, _build("model")
+        "FedBuff (asynchronous): buffer of K fp32 updates, clients start from x", SERVER_PARAMS, _build("model"),
+        runtime="buffered",
     ),
     "qafel": AlgorithmSpec(
         "QAFeL (asynchronous): hidden state x̂ shared by server and clients, Q_c(Δ) up, "
         "Q_s(x − x̂) broadcast after every server step",
         QUANTIZED_PARAMS,
         _build("hidden_state"),
+        runtime="buffered",
     ),
     "naive": AlgorithmSpec(
         "QAFeL's Naive baseline (asynchronous): clients start from Q_s(x), Q_c(Δ) up",
         QUANTIZED_PARAMS,
         _build("quantized_model"),
+        runtime="buffered",
     ),
 }

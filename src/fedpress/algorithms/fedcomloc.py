@@ -33,12 +33,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedpress.algorithms.base import ClientContext, RoundContext, Uplink, weighted_mean
+from fedpress.algorithms.base import ClientContext, RoundContext, RoundsAlgorithm, Uplink, weighted_mean
 from fedpress.algorithms.params import AlgorithmSpec, Param, nonneg, positive, unit
 from fedpress.compress import Codec, chain, fp32, minmax_affine, qsgd, top_k
 from fedpress.errors import ConfigError
 from fedpress.layout import Layout
-from fedpress.local import FlatModel, LocalPlan, LocalResult
+from fedpress.local import CompressedPoint, FlatModel, LocalPlan, LocalResult
 from fedpress.wire.message import Dense, Message
 
 VARIANTS = ("com", "local", "global")
@@ -74,7 +74,7 @@ class ScaffnewClient:
 
 
 @dataclass(frozen=True)
-class FedComLoc:
+class FedComLoc(RoundsAlgorithm):
     """Scaffnew with a compressor at one place (`variant`); `compressor=None` is Scaffnew."""
 
     p: float = 0.2  # communication probability: E[local steps] = 1/p
@@ -116,11 +116,7 @@ class FedComLoc:
         x = received if received is not None else state.x  # (d,) x_i
         grad_at = None
         if (codec := self._c("local")) is not None:  # FedComLoc-Local: g_i = grad f_i(C(x_i))
-            player, rng = ctx.model.param_layout, ctx.rng("local_compress")
-
-            def grad_at(w: torch.Tensor) -> torch.Tensor:
-                return compressed(codec, w, player, rng).expand(player)
-
+            grad_at = CompressedPoint(codec, ctx.model.param_layout, ctx.seed_of("local_compress"))
         return LocalPlan(x0=x, steps=self.local_steps(ctx), grad_offset=-h, grad_at=grad_at)
 
     def client_end(self, state: ScaffnewClient | None, plan: LocalPlan, result: LocalResult,
@@ -181,7 +177,7 @@ class ScaffoldServer:
 
 
 @dataclass(frozen=True)
-class Scaffold:
+class Scaffold(RoundsAlgorithm):
     """Option II of Scaffold: c_i+ = c_i - c + (x - y_i) / (K eta). Both the model and the
     control variate cross the wire in both directions: twice FedAvg's bytes, counted."""
 

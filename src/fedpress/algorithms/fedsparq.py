@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedpress.algorithms.base import ClientContext, RoundContext, Uplink, weighted_mean
+from fedpress.algorithms.base import ClientContext, RoundContext, RoundsAlgorithm, Uplink, weighted_mean
 from fedpress.algorithms.fedavg import ServerState, dense_broadcast, prox_penalty, server_step
 from fedpress.compress.select import (
     EMAThresholdState,
@@ -50,7 +50,7 @@ class FedSparQClient:
 
 
 @dataclass(frozen=True)
-class FedSparQ:
+class FedSparQ(RoundsAlgorithm):
     beta: float = 0.9  # EMA factor
     statistic: str = "mean_abs"  # statistic fed to the EMA: mean_abs | rms | std | max_abs
     factor: float = 1.0  # keep |u| >= factor * tau

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedpress.algorithms.base import ClientContext, RoundContext, Uplink, weighted_mean
+from fedpress.algorithms.base import ClientContext, RoundContext, RoundsAlgorithm, Uplink, weighted_mean
 from fedpress.algorithms.fedavg import ServerState, dense_broadcast
 from fedpress.compress import Codec, error_feedback, top_k
 from fedpress.compress.compose import ErrorFeedbackState
 from fedpress.layout import Layout
-from fedpress.local import LocalPlan, LocalResult
+from fedpress.local import LocalPlan, LocalResult, MaskedDistance, Proximal
 from fedpress.wire.message import Message
 
 
@@ -57,7 +57,7 @@ def flare_uplink(keep_percent: float, compat: bool) -> Codec:
 
 
 @dataclass(frozen=True)
-class FLARE:
+class FLARE(RoundsAlgorithm):
     keep_percent: float = 0.001  # R: percent of each tensor's entries kept (0.001 = 1e-5 of them)
     tau0: float = 0.05
     c: float = 1.1  # tau decays as tau0 / c^(r+1)
@@ -88,17 +88,12 @@ class FLARE:
             return LocalPlan(x0=received, momentum_reset_step=reset)
         P = ctx.model.num_params
         w = received[:P]  # (P,)
-        if self.regularizer == "prox":  # EC + FedProx-style penalty on every step
-            return LocalPlan(x0=received, penalty=lambda y, step: tau * (y - w).square().sum())
+        if self.regularizer == "prox":  # EC + FedProx-style penalty tau_r ||y - w||^2 on every step
+            return LocalPlan(x0=received, penalty=Proximal(w, tau))
         e = state.residual[:P]  # (P,) the accumulator e_i
         mask = percentile_mask(e, ctx.model.param_layout, self.t)  # (P,) bool
         target = (w + e)[mask]  # where the unsent accumulated update would have taken the model
-        square = self.penalty == "l2"
-
-        def regulariser(y: torch.Tensor, step: int) -> torch.Tensor:
-            diff = y[mask] - target
-            return tau * (diff.square().sum() if square else diff.abs().sum())
-
+        regulariser = MaskedDistance(mask, target, tau, power=2 if self.penalty == "l2" else 1)
         return LocalPlan(x0=received, penalty=regulariser, penalty_steps=self.p, momentum_reset_step=reset)
 
     def client_end(self, state: ErrorFeedbackState, plan: LocalPlan, result: LocalResult,
@@ -127,7 +122,7 @@ class EF21Client:
 
 
 @dataclass(frozen=True)
-class EF21:
+class EF21(RoundsAlgorithm):
     """EF21 (Richtarik, Sokolov, Fatkhullin 2021; spec §1.6), FLARE's third baseline.
 
     client: c_i = C(delta_i - g_i); g_i <- g_i + c_i; send c_i

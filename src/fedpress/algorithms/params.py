@@ -41,6 +41,11 @@ class AlgorithmSpec:
     doc: str
     params: dict[str, Param]
     build: Callable[[str, Mapping[str, Any]], Any]
+    runtime: str = "rounds"  # the engine it needs: "rounds" (synchronous) or "buffered" (asynchronous)
+
+    def __post_init__(self):
+        if self.runtime not in ("rounds", "buffered"):
+            raise ValueError(f"AlgorithmSpec.runtime must be 'rounds' or 'buffered', got {self.runtime!r}")
 
 
 def boolean(doc: str, default: bool = False) -> Param:

@@ -213,4 +213,11 @@ def resolve_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build(name: str, params: Mapping[str, Any]):
-    return REGISTRY[name].build(name, resolve_params(name, params))
+    resolved = resolve_params(name, params)  # a ConfigError naming a wrong name or value
+    spec = REGISTRY[name]
+    algorithm = spec.build(name, resolved)
+    if getattr(type(algorithm), "runtime", None) != spec.runtime:  # the protocol it subclasses says
+        raise TypeError(f"algorithm {name!r}: its registry entry says runtime {spec.runtime!r}, but "
+                        f"{type(algorithm).__name__} does not follow that protocol (subclass "
+                        f"{'RoundsAlgorithm' if spec.runtime == 'rounds' else 'BufferedAlgorithm'})")
+    return algorithm

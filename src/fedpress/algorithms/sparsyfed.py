@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedpress.algorithms.base import ClientContext, RoundContext, Uplink, weighted_mean
+from fedpress.algorithms.base import ClientContext, RoundContext, RoundsAlgorithm, Uplink, weighted_mean
 from fedpress.algorithms.fedavg import ServerState
 from fedpress.compress.prune import density, magnitude_prune, mask_iou, pool_mask, regrowth
 from fedpress.layout import Layout
@@ -46,8 +46,53 @@ def nonzero_message(x: torch.Tensor) -> Message:
     return Message(x.numel(), Dense(x[idx]), indices=idx)
 
 
+# --- the steps the family shares (spec §3.2 steps 1, 8; §3.6-3.7 measurements) ---
+
+
+def no_client_state(layout: Layout) -> None:
+    return None  # a fresh model from the received state every round (spec §3.2): no client state
+
+
+def sparse_broadcast(server, ctx: RoundContext) -> tuple[Message, object]:
+    """The global state's non-zeros (the code's state_dict, sent sparse)."""
+    return nonzero_message(server.x), server
+
+
+def plain_start(state: None, received: torch.Tensor, ctx: ClientContext) -> LocalPlan:
+    return LocalPlan(x0=received)
+
+
+def mean_of_states(server: ServerState, uplinks: list[Uplink], ctx: RoundContext) -> ServerState:
+    """Step 8: FedAvg of the clients' pruned states."""
+    if not uplinks:
+        return server
+    return ServerState(weighted_mean(uplinks, ctx.layout))
+
+
+def state_model(server) -> torch.Tensor:
+    return server.x
+
+
+def sparsity_metrics(before, after, uplinks: list[Uplink], ctx: RoundContext) -> dict[str, float]:
+    """Spec §3.6-3.7: densities, regrowth, mask agreement, and the paper's cost unit."""
+    pool = prunable(ctx.model)
+    clients = [u.message.expand(ctx.layout) for u in uplinks]
+    pairs = [(a, b) for i, a in enumerate(clients) for b in clients[i + 1 :]]
+    client_density = sum(density(c, pool) for c in clients) / max(len(clients), 1)
+    global_density = density(after.x, pool)
+    return {
+        "global_density": global_density,
+        "client_density": client_density,
+        "regrowth": regrowth(before.x, after.x, pool),
+        "iou_clients": sum(mask_iou(a, b, pool) for a, b in pairs) / len(pairs) if pairs else 1.0,
+        "iou_previous": mask_iou(before.x, after.x, pool),
+        # the paper's per-round cost: non-zero parameters down + up "as if one client" (§1.12)
+        "paper_cost_params": (global_density + client_density) * int(pool.sum()),
+    }
+
+
 @dataclass(frozen=True)
-class SparsyFed:
+class SparsyFed(RoundsAlgorithm):
     sparsity: float = 0.9  # target sparsity s of the conv/linear weights after local training
     beta: float = 1.25  # Powerprop exponent (1: plain weights, the Top-K baseline)
     activation_pruning: bool = True
@@ -62,49 +107,22 @@ class SparsyFed:
     def init_server(self, x0: torch.Tensor, layout: Layout) -> ServerState:
         return ServerState(x0.clone())
 
-    def init_client(self, layout: Layout) -> None:
-        return None  # a fresh model from the received state every round (spec §3.2)
-
-    def broadcast(self, server: ServerState, ctx: RoundContext) -> tuple[Message, ServerState]:
-        return nonzero_message(server.x), server
-
-    def client_begin(self, state: None, received: torch.Tensor, ctx: ClientContext) -> LocalPlan:
-        return LocalPlan(x0=received)
+    init_client = staticmethod(no_client_state)
+    broadcast = staticmethod(sparse_broadcast)
+    client_begin = staticmethod(plain_start)
 
     def client_end(self, state: None, plan: LocalPlan, result: LocalResult,
                    ctx: ClientContext) -> tuple[Message, None]:
         pruned = magnitude_prune(result.x, prunable(ctx.model), self.sparsity)  # (d,) step 6
         return nonzero_message(pruned), None  # step 7: the pruned state, sparse
 
-    def aggregate(self, server: ServerState, uplinks: list[Uplink], ctx: RoundContext) -> ServerState:
-        if not uplinks:
-            return server
-        return ServerState(weighted_mean(uplinks, ctx.layout))  # step 8: FedAvg of the pruned states
-
-    def model(self, server: ServerState) -> torch.Tensor:
-        return server.x
-
-    def round_metrics(self, before: ServerState, after: ServerState, uplinks: list[Uplink],
-                      ctx: RoundContext) -> dict[str, float]:
-        """Spec §3.6-3.7: densities, regrowth, mask agreement, and the paper's cost unit."""
-        pool = prunable(ctx.model)
-        clients = [u.message.expand(ctx.layout) for u in uplinks]
-        pairs = [(a, b) for i, a in enumerate(clients) for b in clients[i + 1 :]]
-        client_density = sum(density(c, pool) for c in clients) / max(len(clients), 1)
-        global_density = density(after.x, pool)
-        return {
-            "global_density": global_density,
-            "client_density": client_density,
-            "regrowth": regrowth(before.x, after.x, pool),
-            "iou_clients": sum(mask_iou(a, b, pool) for a, b in pairs) / len(pairs) if pairs else 1.0,
-            "iou_previous": mask_iou(before.x, after.x, pool),
-            # the paper's per-round cost: non-zero parameters down + up "as if one client" (§1.12)
-            "paper_cost_params": (global_density + client_density) * int(pool.sum()),
-        }
+    aggregate = staticmethod(mean_of_states)
+    model = staticmethod(state_model)
+    round_metrics = staticmethod(sparsity_metrics)
 
 
 @dataclass(frozen=True)
-class ZeroFL:
+class ZeroFL(RoundsAlgorithm):
     """ZeroFL (Qiu et al. 2022; spec §3.4): SWAT layers (weights and saved activations top-k
     sparsified to s during training, the first convolution left dense), then global pruning
     to s - m before upload; FedAvg on the states."""
@@ -116,13 +134,15 @@ class ZeroFL:
     def prepare_model(self, module: nn.Module, generator: torch.Generator) -> nn.Module:
         return swatify(module, self.sparsity)
 
-    init_server = SparsyFed.init_server
-    init_client = SparsyFed.init_client
-    broadcast = SparsyFed.broadcast
-    client_begin = SparsyFed.client_begin
-    aggregate = SparsyFed.aggregate
-    model = SparsyFed.model
-    round_metrics = SparsyFed.round_metrics
+    def init_server(self, x0: torch.Tensor, layout: Layout) -> ServerState:
+        return ServerState(x0.clone())
+
+    init_client = staticmethod(no_client_state)
+    broadcast = staticmethod(sparse_broadcast)
+    client_begin = staticmethod(plain_start)
+    aggregate = staticmethod(mean_of_states)
+    model = staticmethod(state_model)
+    round_metrics = staticmethod(sparsity_metrics)
 
     def client_end(self, state: None, plan: LocalPlan, result: LocalResult,
                    ctx: ClientContext) -> tuple[Message, None]:
@@ -137,7 +157,7 @@ class FLASHServer:
 
 
 @dataclass(frozen=True)
-class FLASH:
+class FLASH(RoundsAlgorithm):
     """FLASH (Babakniya et al. 2023; spec §3.4): round 1 trains dense and prunes to s; the
     server averages, prunes the average layer by layer to the clients' mean per-layer
     densities and then globally to exactly s: that support is the mask, fixed from then on.
@@ -146,9 +166,9 @@ class FLASH:
     sparsity: float = 0.9
     name: str = "flash"
 
-    init_client = SparsyFed.init_client
-    broadcast = SparsyFed.broadcast
-    round_metrics = SparsyFed.round_metrics
+    init_client = staticmethod(no_client_state)
+    broadcast = staticmethod(sparse_broadcast)
+    round_metrics = staticmethod(sparsity_metrics)
 
     def init_server(self, x0: torch.Tensor, layout: Layout) -> FLASHServer:
         return FLASHServer(x0.clone(), torch.tensor(False))
@@ -182,5 +202,4 @@ class FLASH:
             mean = magnitude_prune(mean, layer, 1 - target)
         return FLASHServer(magnitude_prune(mean, pool, self.sparsity), torch.tensor(True))
 
-    def model(self, server: FLASHServer) -> torch.Tensor:
-        return server.x
+    model = staticmethod(state_model)

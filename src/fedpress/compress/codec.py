@@ -14,9 +14,11 @@ receiver needs, so a server decodes any client's update without knowing its code
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -62,12 +64,37 @@ class Codec:
     init: Callable[[Layout], State]
     encode: Callable[[torch.Tensor, Layout, State, torch.Generator | None], tuple[Message, State]]
     promises: Promises = field(default_factory=Promises)
+    # how to make it again: (module, factory name, args, kwargs), set by @factory. A codec's
+    # functions are closures, so it crosses a process boundary as this call, never as code.
+    recipe: tuple | None = field(default=None, compare=False, repr=False)
 
     def decode(self, message: Message, layout: Layout) -> torch.Tensor:
         return decode(message, layout)
 
     def __repr__(self) -> str:
         return self.name
+
+    def __reduce__(self):
+        if self.recipe is None:
+            raise TypeError(f"codec {self.name!r} was not made by a fedpress.compress factory (@factory), "
+                            f"so it cannot be pickled; decorate its factory with fedpress.compress.codec.factory")
+        return _remake, self.recipe
+
+
+def _remake(module: str, name: str, args: tuple, kwargs: tuple) -> Codec:
+    return getattr(importlib.import_module(module), name)(*args, **dict(kwargs))
+
+
+def factory(make: Callable[..., Codec]) -> Callable[..., Codec]:
+    """Marks a codec factory: the codecs it makes remember the call (their `recipe`), so a
+    codec pickles as `factory(*args, **kwargs)` and a plan that holds one can cross to a
+    worker process."""
+
+    @functools.wraps(make)
+    def made(*args, **kwargs) -> Codec:
+        return replace(make(*args, **kwargs), recipe=(make.__module__, make.__name__, args, tuple(kwargs.items())))
+
+    return made
 
 
 def stateless(_: Layout) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedpress.compress.codec import Codec, Promises, check_input
+from fedpress.compress.codec import Codec, Promises, check_input, factory
 from fedpress.layout import Layout
 from fedpress.wire.message import Message, value_layout
 
@@ -17,6 +17,7 @@ class ChainState:
     parts: tuple  # one state per codec of the chain
 
 
+@factory
 def chain(*codecs: Codec) -> Codec:
     """Apply codecs in turn; each after the first sees only the values the previous sent.
 
@@ -89,6 +90,7 @@ class ErrorFeedbackState:
     inner: object  # the wrapped codec's state
 
 
+@factory
 def error_feedback(codec: Codec) -> Codec:
     """Error feedback (EF14; spec §1.6): compress x + residual, keep what did not arrive.
 

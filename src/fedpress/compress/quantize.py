@@ -7,12 +7,13 @@ import math
 
 import torch
 
-from fedpress.compress.codec import Codec, Promises, check_input, need_rng, stateless
+from fedpress.compress.codec import Codec, Promises, check_input, factory, need_rng, stateless
 from fedpress.layout import Layout
 from fedpress.wire.frame import MAX_LEVELS
 from fedpress.wire.message import QSGD, Affine, Message, affine_quantized
 
 
+@factory
 def qsgd(levels: int, bucket: int | None = None, *, elias: bool = False) -> Codec:
     """QSGD with s = `levels` levels per sign (Alistarh et al. 2017; spec §1.4).
 
@@ -55,6 +56,7 @@ def qsgd(levels: int, bucket: int | None = None, *, elias: bool = False) -> Code
     return Codec(name, stateless, encode, Promises(unbiased=True, variance=variance, stochastic=True))
 
 
+@factory
 def minmax_affine(bits: int, *, quantize_1d: bool = False) -> Codec:
     """FLSim's scalar quantization channel (spec §1.5), reproducible byte for byte.
 

@@ -17,6 +17,7 @@ from fedpress.compress.codec import (
     check_input,
     check_ratio,
     count_for,
+    factory,
     need_rng,
     stateless,
 )
@@ -83,6 +84,7 @@ def flare_indices(a: torch.Tensor, ratio: float) -> torch.Tensor:
     return (a > kth_largest(a, k + 2)).nonzero().squeeze(1)
 
 
+@factory
 def top_k(ratio: float | None = None, *, k: int | None = None, scope: str = "global",
           compat: str | None = None) -> Codec:
     """Keep the k coordinates of largest magnitude: over the whole vector (scope="global")
@@ -124,6 +126,7 @@ def top_k(ratio: float | None = None, *, k: int | None = None, scope: str = "glo
 # ============================================================================ random-k
 
 
+@factory
 def random_k(
     ratio: float | None = None, *, k: int | None = None, seeded: bool = False, unbiased: bool = False
 ) -> Codec:
@@ -163,6 +166,7 @@ def random_k(
 # ============================================================================ thresholds
 
 
+@factory
 def threshold(tau: float) -> Codec:
     """Static threshold: keep the coordinates with |x_j| >= tau (and x_j != 0)."""
     if not tau >= 0:
@@ -232,6 +236,7 @@ def threshold_indices(x: torch.Tensor, layout: Layout, thresholds: torch.Tensor,
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
 
 
+@factory
 def ema_threshold(beta: float = 0.9, statistic: str = "mean_abs", factor: float = 1.0, *,
                   init: str = "first", strict: bool = False) -> Codec:
     """FedSparQ's selector (spec §2.2 step 4): a per-tensor threshold smoothed over rounds.

@@ -3,11 +3,24 @@
     from fedpress.flower import client_app, server_app, run_flower
 
 Needs the `flower` extra (`pip install fedpress[flower]`). No algorithm module imports
-flwr: the apps are built from the simulator's own parts (see apps.py).
+flwr: the apps are built from the runtime core (see apps.py, client.py, asynchronous.py).
 """
 
-from fedpress.flower.apps import ConfigSource, FixedSource, GridClients, client_app, run_flower, server_app
-from fedpress.flower.records import STATE_STYPE, WIRE_STYPE, load_state, save_state, wire_bytes, wire_record
+import os
+
+# before flwr is imported by any module of this package: no telemetry, Ray on CPUs only
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+from fedpress.flower.apps import ConfigSource, FixedSource, GridClients, client_app, run_flower, server_app  # noqa: E402
+from fedpress.flower.records import (  # noqa: E402
+    STATE_STYPE,
+    WIRE_STYPE,
+    load_state,
+    save_state,
+    wire_bytes,
+    wire_record,
+)
 
 __all__ = [
     "STATE_STYPE",

@@ -12,7 +12,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedpress.flower.apps import RunConfigSource, client_app, config_of, serve
-from fedpress.sim.rounds import setup
+from fedpress.runtime.experiment import setup
 
 client = client_app(RunConfigSource())
 server = ServerApp()

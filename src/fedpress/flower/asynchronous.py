@@ -30,29 +30,28 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedpress import local, wire
-from fedpress.algorithms import ClientContext, RoundContext
-from fedpress.flower.apps import client_state, count_bytes, discover, error_reason, parse_reply, reply_content
-from fedpress.flower.records import WIRE_KEY, load_state, save_state, wire_array, wire_bytes, wire_record
-from fedpress.metrics.ledger import DOWN, JOIN, UP
+from fedpress import wire
+from fedpress.algorithms import RoundContext, Uplink
+from fedpress.flower.messages import SYNC_KEY, TRAIN_ASYNC, count_bytes, discover, error_reason, parse_reply
+from fedpress.flower.records import WIRE_KEY, wire_array, wire_record
+from fedpress.metrics.ledger import DOWN, JOIN
 from fedpress.rng import derive
+from fedpress.runtime.accept import accept
+from fedpress.runtime.experiment import Experiment
+from fedpress.runtime.outputs import Display, steps_postfix
+from fedpress.runtime.rejections import Rejection
+from fedpress.runtime.transport import Transport, dense_frame_bytes
+from fedpress.runtime.turn import ClientReply, client_context
 from fedpress.sim import asynchronous as engine
-from fedpress.sim.clients import ClientReply, client_job, finish, train_spec
-from fedpress.sim.rounds import NO_REPLY, Experiment
-from fedpress.sim.transport import dense_frame_bytes, post
-from fedpress.wire import WireError, decode
 from fedpress.wire.message import Message as WireMessage
 
-TRAIN = "train.fedpress_async"
-SYNC_KEY = "fedpress-sync"  # the message's record of x̂ or missed broadcasts
-COPY_KEY = "fedpress-copy"  # Context.state: {"copy": x̂, "version": v}
 POLL = 0.05  # seconds between pulls when nothing has come
 MAX_ERRORS = 3  # error replies in a row after which a node is not started again
 
@@ -79,6 +78,7 @@ class GridAsync:
         self.errors: dict[int, int] = {}  # client -> error replies in a row (MAX_ERRORS: lost)
         self.held: dict[int, int] = {}  # client -> version of the x̂ its node holds (QAFeL; fresh on resume)
         self.history: dict[int, bytes] = {}  # version v -> the q that made x̂_v, while worth keeping
+        self.transport = Transport(p.ledger, exp.wire)
         self.dense = dense_frame_bytes(exp.wire)  # x̂ whole: the most catching up may cost
         self.flower_bytes = {"up": 0, "down": 0}
         self.t0 = clock() - p.now  # a resumed run's clock goes on from its checkpoint
@@ -99,25 +99,24 @@ class GridAsync:
 
     def start(self, client: int) -> None:
         """What the client downloads (counted), pushed as one message."""
-        p, alg, wire_layout = self.p, self.alg, self.exp.wire
+        p, alg = self.p, self.alg
         seq, t = p.started, p.round
         p.started += 1
-        lr = self.cfg.train.lr_at(t, self.cfg.rounds)
-        cctx = ClientContext(seq, client, int(self.exp.parts[client].numel()), self.cfg.seed, self.exp.model, lr)
+        cctx = client_context(self.exp, seq, client, t)
         # what start() counts and marks is undone if Flower cannot take the message
-        counted, held, joined = len(p.ledger.entries), dict(self.held), bool(p.joined[client])
+        mark, held, joined = self.transport.mark(), dict(self.held), bool(p.joined[client])
         content = RecordDict({"config": ConfigRecord({"version": t, "seq": seq, "from": self.held.get(client, -1)})})
         sync = self.sync_frames(client)
         if sync:
             content[SYNC_KEY] = ArrayRecord({name: wire_array(data) for name, data in sync.items()})
         down, p.server = alg.dispatch(p.server, cctx)
         if down is not None:
-            content[WIRE_KEY] = wire_record(post(down, wire_layout, p.ledger, t, DOWN, client))
+            content[WIRE_KEY] = wire_record(self.transport.post(down, t, DOWN, client))
         self.flower_bytes["down"] += count_bytes(content)
-        message = Message(content, dst_node_id=self.node_of[client], message_type=TRAIN, group_id=str(seq))
+        message = Message(content, dst_node_id=self.node_of[client], message_type=TRAIN_ASYNC, group_id=str(seq))
         ids = list(self.grid.push_messages([message]))
         if len(ids) != 1 or not ids[0]:  # Flower could not take it: nothing crossed, and the node is given up
-            del p.ledger.entries[counted:]
+            self.transport.undo(mark)
             self.held, p.joined[client] = held, joined
             self.lose(client, "could not be sent a message (Flower refused it)")
             return
@@ -135,48 +134,43 @@ class GridAsync:
         missed = range(held + 1, t + 1) if held is not None else range(0)
         if held is not None and all(v in self.history for v in missed) and \
                 sum(len(self.history[v]) for v in missed) < self.dense:
-            for v in missed:
-                p.ledger.record(t, DOWN, client, len(self.history[v]))
+            for v in missed:  # encoded once at the server step, counted as each node gets it
+                self.transport.count(self.history[v], t, DOWN, client)
             self.held[client] = t
             return {f"q{v:09d}": self.history[v] for v in missed}
         direction = DOWN if bool(p.joined[client]) else JOIN
         p.joined[client] = True
         self.held[client] = t
-        return {"join": post(first, self.exp.wire, p.ledger, t, direction, client)}
+        return {"join": self.transport.post(first, t, direction, client)}
 
     # ------------------------------------------------------------ arrivals
 
     def arrive(self, reply: Message) -> bool:
-        """One reply: the wire and `accept`, or a named rejection; then (concurrency) a new
-        start before the server step. Returns whether the buffer is full."""
+        """One reply: `accept` (the wire, the checks, its version and staleness), then `take`,
+        or a named rejection; then (concurrency) a new start before the server step. Returns
+        whether the buffer is full."""
         p = self.p
         f = self.pending.pop(reply.metadata.reply_to_message_id)
         p.now = self.clock() - self.t0
         p.uploads += 1
         got = self.parse(reply, f)
-        if got.data is not None:  # what crossed is counted, used or not
-            p.ledger.record(p.round, UP, f.client, len(got.data))
-        if got.refused:
-            p.rejected.append(got.refused)
+        accepted = accept(self.transport, p.round, f.client, got, sent_version=f.version, server_version=p.round,
+                          step="step")
+        if isinstance(accepted, Uplink):
+            engine.take(self.exp, p, accepted, got.loss)
         else:
-            try:
-                arrived = decode(got.data, self.exp.wire)
-            except WireError as e:
-                p.rejected.append(e.reason.name)
-                print(f"fedpress: step {p.round + 1}: client {f.client}'s update rejected: {e}", file=sys.stderr)
-            else:
-                engine.accept(self.exp, p, f.client, p.round - f.version, arrived, got.loss)
+            p.rejected.append(accepted)
         if self.acfg.arrivals == "concurrency":
             self.start_idle()
         return self.alg.ready(p.server)
 
     def parse(self, reply: Message, f: Pending) -> ClientReply:
-        """The reply as a ClientReply; `refused` names why it is not used (its data, if any,
-        still crossed the wire)."""
+        """The reply as a ClientReply; an error reply names its reason, and a node that keeps
+        failing is given up."""
         if reply.has_error():
             reason = error_reason(reply)
             self.errors[f.client] = self.errors.get(f.client, 0) + 1
-            if reason == NO_REPLY:
+            if reason == Rejection.NO_REPLY.name:
                 self.lose(f.client)
             elif self.errors[f.client] >= MAX_ERRORS:
                 self.lose(f.client, f"answered {MAX_ERRORS} starts in a row with an error")
@@ -184,12 +178,7 @@ class GridAsync:
             return ClientReply(None, float("nan"), 0, reason)
         self.errors.pop(f.client, None)
         self.flower_bytes["up"] += count_bytes(reply.content)
-        got = parse_reply(reply.content)
-        config = reply.content.config_records.get("config")
-        if not got.refused and (config is None or config.get("version") != f.version):
-            # the staleness must come from the version the start was sent
-            return replace(got, refused="VERSION_MISMATCH")
-        return got
+        return parse_reply(reply.content)
 
     def lose(self, client: int, why: str = "stopped answering") -> None:
         if client not in self.lost:
@@ -205,7 +194,7 @@ class GridAsync:
         for message_id, f in list(self.pending.items()):
             if now - f.sent > self.timeout:
                 del self.pending[message_id]
-                self.p.rejected.append(NO_REPLY)
+                self.p.rejected.append(Rejection.NO_REPLY)
                 self.lose(f.client)
                 if self.acfg.arrivals == "concurrency":
                     self.start_idle()
@@ -260,56 +249,19 @@ class GridAsync:
             del self.history[min(self.history)]
 
 
-# --- the server app and the client handler ---
+# --- the ServerApp's main for an asynchronous config ---
 
 
 def run_async(grid: Grid, exp: Experiment, out: str | Path | None, *, resume: bool = False,
               timeout: float | None = None, progress: bool = False, wait: float = 600.0,
               clock: Callable[[], float] = time.monotonic) -> dict:
-    """The ServerApp's main for an asynchronous config: the run directory as the simulator
-    writes it (the `virtual_time` column holds real seconds here; summary "clock": "real")."""
-    out_dir, p = engine.prepare(exp, out, resume)
+    """The run directory as the simulator writes it (the `virtual_time` column holds real
+    seconds here; summary "clock": "real")."""
+    run_dir, p = engine.prepare(exp, out, resume)
     fleet = GridAsync(grid, exp, p, discover(grid, exp.config.data.num_clients, wait), timeout, clock)
-    bar = engine.rounds._progress_bar(exp.config, p.round, progress, unit="step")
-    for row in fleet.steps():
-        engine.after_step(exp, p, row, out_dir, bar)
-    if bar is not None:
-        bar.close()
-    return engine.conclude(exp, p, out_dir, clock="real")
-
-
-def train_async(exp: Experiment, msg: Message, context: Context) -> Message:
-    """One start at a node: catch x̂ up (QAFeL), train from what the start brought, reply Q_c(Δ)."""
-    alg, layout, cfg = exp.algorithm, exp.wire, exp.config
-    c = int(context.node_config["partition-id"])
-    head = msg.content["config"]
-    version, seq, held = int(head["version"]), int(head["seq"]), int(head["from"])
-
-    frames = msg.content[SYNC_KEY] if SYNC_KEY in msg.content else ArrayRecord()
-    copy = None
-    if "join" in frames:
-        copy = decode(frames["join"].data, layout).expand(layout)
-    elif held >= 0:  # QAFeL: the node holds x̂ of version `held`; apply the q's since, in order
-        found, synced = load_state(context, COPY_KEY)
-        if not found or synced["version"] != held:
-            raise RuntimeError(f"client {c}: holds x̂ of version {synced['version'] if found else None}, "
-                               f"the server sent the broadcasts after version {held}")
-        copy = synced["copy"]
-        for name in sorted(frames.keys()):  # q000000007, q000000008, ...
-            copy = alg.apply_broadcast(copy, decode(frames[name].data, layout), layout)
-    if len(frames):
-        save_state(context, {"copy": copy, "version": version}, COPY_KEY)
-    received = decode(wire_bytes(msg.content[WIRE_KEY]), layout).expand(layout) if WIRE_KEY in msg.content else copy
-    if received is None:
-        raise RuntimeError(f"client {c}: the start brought no model and the node holds no synced state")
-
-    state = client_state(exp, context)
-    # the start's number names its random streams; the lr is the one of the version it starts from
-    ctx = ClientContext(seq, c, int(exp.parts[c].numel()), cfg.seed, exp.model, cfg.train.lr_at(version, cfg.rounds))
-    plan = alg.client_begin(state, received, ctx)
-    job = client_job(exp, plan, seq, c)
-    result = local.train(exp.model, plan, job.inputs, job.targets, train_spec(cfg, version), job.rng)
-    reply, new_state = finish(exp, state, plan, result, ctx)
-    if new_state is not None:
-        save_state(context, new_state)
-    return Message(reply_content(reply, version=version, seq=seq), reply_to=msg)
+    display = Display(exp.config, p.round, progress, unit="step", postfix=steps_postfix)
+    for _ in fleet.steps():
+        display.update(p.rows)
+        run_dir.after_row(exp.config, p, p.round)
+    display.close()
+    return engine.conclude(exp, p, run_dir, clock="real")

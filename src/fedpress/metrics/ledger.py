@@ -37,9 +37,21 @@ class Ledger:
     entries: list[Entry] = field(default_factory=list)
 
     def record(self, round_: int, direction: str, client: int, nbytes: int, receivers: int = 1) -> None:
+        """Called by the transport (`runtime.transport.Transport`) only: one message that crossed."""
         if direction not in (UP, DOWN, JOIN):
             raise ValueError(f"ledger direction must be {UP!r}, {DOWN!r} or {JOIN!r}, got {direction!r}")
         self.entries.append(Entry(round_, direction, client, int(nbytes), int(receivers)))
+
+    def mark(self) -> int:
+        """Where the ledger stands now, for `undo`."""
+        return len(self.entries)
+
+    def undo(self, mark: int) -> None:
+        """Forget every entry recorded since `mark`: messages that were counted as they left
+        but never crossed (a message the runtime could not deliver, a round that diverged)."""
+        if not 0 <= mark <= len(self.entries):
+            raise ValueError(f"ledger mark {mark} is not in [0, {len(self.entries)}]")
+        del self.entries[mark:]
 
     def _of_round(self, round_: int) -> list[Entry]:
         """Entries of one round: they are appended in round order, so scan back from the end."""

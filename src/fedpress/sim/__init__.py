@@ -1,5 +1,6 @@
-"""fedpress.sim: the runtimes that run an algorithm (synchronous rounds now)."""
+"""fedpress.sim: the in-process drivers: synchronous rounds (`rounds`) and the virtual clock (`asynchronous`)."""
 
-from fedpress.sim.rounds import Experiment, Progress, run, run_round, sample_clients, setup
+from fedpress.runtime.experiment import Experiment, setup
+from fedpress.sim.rounds import Progress, run, run_round, sample_clients
 
 __all__ = ["Experiment", "Progress", "run", "run_round", "sample_clients", "setup"]

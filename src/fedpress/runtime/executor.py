@@ -1,10 +1,10 @@
-"""Executors run the local training of a round's clients.
+"""Executors run the local training of a batch of clients.
 
-The simulator hands an executor a list of jobs (a LocalPlan, the client's data, its
-generator) and gets LocalResults back in the same order. `Sequential` runs them one by
-one. A vectorized executor (torch.func.vmap over stacked plans) or a multi-process one
-implements the same `run`; because plans are data and `local.train` is a pure function
-of (plan, data, generator), they give the same results.
+A runtime hands an executor a list of jobs (a LocalPlan, the client's data, its generator)
+and the round's TrainSpec, and gets LocalResults back in the same order. `Sequential` runs
+them one by one on the spec's device. Because a plan is data (it pickles and stacks) and
+`local.train` is a pure function of (plan, data, generator), a parallel, multi-process or
+vectorized executor implements the same `run` and gives the same results.
 """
 
 from __future__ import annotations
