@@ -135,3 +135,51 @@ def test_momentum_reset_step_restarts_the_velocity():
         F.cross_entropy(ref(x[idx]), y[idx]).backward()
         opt.step()
     assert torch.equal(ours, fm.layout.flatten(dict(ref.named_parameters())))
+
+
+def test_a_plan_is_data_that_pickles_and_trains_to_the_same_result():
+    """Every term a plan may hold (FedProx's and FLARE's penalties, FedComLoc-Local's
+    compressed gradient point with its codec) crosses pickle and trains bit for bit alike."""
+    import pickle
+
+    from fedpress.compress import chain, qsgd, top_k
+    from fedpress.local import CompressedPoint, MaskedDistance, Proximal
+
+    module, x, y = setup(widths=[8])
+    fm = FlatModel.of(module)
+    x0, P = fm.initial().detach(), fm.num_params
+    mask = torch.arange(P) % 3 == 0
+    plans = [
+        LocalPlan(x0, penalty=Proximal(x0[:P] + 0.1, 0.05)),
+        LocalPlan(x0, penalty=MaskedDistance(mask, x0[:P][mask] - 0.2, 0.3, power=1), penalty_steps=2,
+                  momentum_reset_step=2),
+        LocalPlan(x0, steps=5, grad_offset=torch.full((P,), 0.01),
+                  grad_at=CompressedPoint(chain(top_k(0.5), qsgd(7, 16)), fm.param_layout, 1234)),
+    ]
+    spec = TrainSpec(lr=0.1, batch_size=16, epochs=1, momentum=0.9)
+    for plan in plans:
+        copy = pickle.loads(pickle.dumps(plan))
+        a = train(fm, plan, x, y, spec, torch.Generator().manual_seed(2)).x
+        b = train(fm, copy, x, y, spec, torch.Generator().manual_seed(2)).x
+        assert torch.equal(a, b) and not torch.equal(a, x0)
+
+
+def test_the_compressed_point_draws_one_stream_per_training_as_a_closure_did():
+    """CompressedPoint equals the closure it replaced: one generator seeded once, advanced
+    step by step (FedComLoc-Local's ctx.rng("local_compress"))."""
+    from fedpress.compress import qsgd
+    from fedpress.local import CompressedPoint
+
+    module, x, y = setup(widths=[8])
+    fm = FlatModel.of(module)
+    x0, codec, layout = fm.initial().detach(), qsgd(3, 8), fm.param_layout
+    rng = torch.Generator().manual_seed(99)
+
+    def closure(w):
+        return codec.encode(w, layout, codec.init(layout), rng)[0].expand(layout)
+
+    spec = TrainSpec(lr=0.1, batch_size=16, steps=6)
+    ours = train(fm, LocalPlan(x0, grad_at=CompressedPoint(codec, layout, 99)), x, y, spec,
+                 torch.Generator().manual_seed(4)).x
+    theirs = train(fm, LocalPlan(x0, grad_at=closure), x, y, spec, torch.Generator().manual_seed(4)).x
+    assert torch.equal(ours, theirs)
