@@ -103,3 +103,12 @@ def test_async_only_keys_are_refused_for_synchronous_algorithms():
         from_dict(base("fedavg", **{"async": {"concurrency": 3}}))
     with pytest.raises(ConfigError, match="model.outputs is read by the asynchronous engine only"):
         from_dict(base("fedavg", model={"name": "logreg", "outputs": 1}))
+
+
+def test_the_runtime_comes_from_the_registry_when_the_config_is_read(monkeypatch):
+    """An entry registered after import is configured by the runtime its entry names."""
+    from fedpress.algorithms.fedbuff import SPECS
+    from fedpress.algorithms.registry import REGISTRY
+
+    monkeypatch.setitem(REGISTRY, "fedbuff2", SPECS["fedbuff"])
+    assert from_dict(base("fedbuff2", **{"async": {"concurrency": 2}})).is_async

@@ -32,11 +32,15 @@ from fedpress.errors import ConfigError
 
 LR_SCHEDULES = ("constant", "exponential", "step", "cosine")
 EXECUTORS = ("sequential",)  # runtime.executor.EXECUTORS
-# run by sim/asynchronous.py, configured by [async]: the registry entries that need the buffered runtime
-ASYNC_ALGORITHMS = tuple(name for name, spec in REGISTRY.items() if spec.runtime == "buffered")
 ARRIVALS = ("concurrency", "rate")
 DURATIONS = ("half_normal", "exponential", "constant")
 STALENESS = ("constant", "polynomial", "hinge")
+
+
+def async_algorithms() -> tuple[str, ...]:
+    """The registry entries that need the buffered runtime (sim/asynchronous.py), configured
+    by [async]; read when a config is, so an algorithm registered later counts too."""
+    return tuple(name for name, spec in REGISTRY.items() if spec.runtime == "buffered")
 
 
 @dataclass(frozen=True)
@@ -202,12 +206,12 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
              f"round_timeout = {cfg.round_timeout} must be >= 0 seconds (0: no limit)")
     algorithm = _algorithm(tables["algorithm"])
     model = _model(tables["model"])
-    is_async = algorithm.name in ASYNC_ALGORITHMS
+    is_async = REGISTRY[algorithm.name].runtime == "buffered"
     _require(is_async or not tables["async"],
-             f"[async] configures the asynchronous algorithms ({', '.join(ASYNC_ALGORITHMS)}); "
+             f"[async] configures the asynchronous algorithms ({', '.join(async_algorithms())}); "
              f"algorithm.name = {algorithm.name!r} runs in synchronous rounds")
     _require(is_async or not model.outputs,
-             f"model.outputs is read by the asynchronous engine only ({', '.join(ASYNC_ALGORITHMS)}); "
+             f"model.outputs is read by the asynchronous engine only ({', '.join(async_algorithms())}); "
              f"the synchronous loop builds one output per class")
     data = _data(tables["data"], cfg, is_async)
     return dataclasses.replace(

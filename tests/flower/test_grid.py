@@ -295,9 +295,8 @@ def test_a_node_configured_for_another_split_is_named_at_discovery(synthetic, tm
 
 def synchronous_algorithms() -> list[str]:
     from fedpress.algorithms.registry import REGISTRY
-    from fedpress.config import ASYNC_ALGORITHMS
 
-    return sorted(name for name in REGISTRY if name not in ASYNC_ALGORITHMS)
+    return sorted(name for name, spec in REGISTRY.items() if spec.runtime == "rounds")
 
 
 @pytest.mark.parametrize("name", synchronous_algorithms())
