@@ -219,6 +219,19 @@ class Trace:
     def steps(self) -> list[str]:
         return list(dict.fromkeys(c.step for c in self.calls))
 
+    def client(self, store: dict, c: int, received, ctx, round_: int, version: int):
+        """One client's begin, training and end, as `runtime.turn.client_turns` runs them;
+        its new state (if any) joins `store`. Returns its upload."""
+        alg = self.exp.algorithm
+        own = store[c] if c in store else alg.init_client(self.exp.model.layout)
+        plan = self.call("client_begin", alg.client_begin, own, received, ctx)
+        result = self.train(plan, round_, c, version)
+        up, new = self.call("client_end", alg.client_end, own, plan, result, ctx)
+        self.keep("client", new)
+        if new is not None:
+            store[c] = new
+        return up
+
     def train(self, plan: LocalPlan, round_: int, client: int, version: int):
         job = client_job(self.exp, plan, round_, client)
         result = train(self.exp.model, plan, job.inputs, job.targets, train_spec(self.exp, version), job.rng)
@@ -244,14 +257,8 @@ def trace_rounds(exp: Experiment, rounds: int = 2) -> Trace:
         for c in sampled:
             got = tr.sent("broadcast", down.get(c) if isinstance(down, dict) else down)
             received = None if got is None else got.expand(wl)
-            own = store[c] if c in store else alg.init_client(layout)
             ctx = client_context(exp, t, c)
-            plan = tr.call("client_begin", alg.client_begin, own, received, ctx)
-            result = tr.train(plan, t, c, t)
-            up, new = tr.call("client_end", alg.client_end, own, plan, result, ctx)
-            tr.keep("client", new)
-            if new is not None:
-                store[c] = new
+            up = tr.client(store, c, received, ctx, t, t)
             uplinks.append(Uplink(c, tr.sent("uplink", up), float(ctx.num_samples)))
         after = tr.call("aggregate", alg.aggregate, sent, uplinks, rctx)
         tr.keep("server", after)
@@ -291,13 +298,7 @@ def trace_buffered(exp: Experiment, steps: int = 2) -> Trace:
             down, server = tr.call("dispatch", alg.dispatch, server, ctx)
             got = tr.sent("dispatch", down)
             received = copy if got is None else got.expand(wl)
-            own = store[c] if c in store else alg.init_client(layout)
-            plan = tr.call("client_begin", alg.client_begin, own, received, ctx)
-            result = tr.train(plan, seq, c, v)
-            up, new = tr.call("client_end", alg.client_end, own, plan, result, ctx)
-            tr.keep("client", new)
-            if new is not None:
-                store[c] = new
+            up = tr.client(store, c, received, ctx, seq, v)
             tau = seq % 3  # arrivals of several stalenesses, weighted 1/sqrt(1 + tau)
             uplink = Uplink(c, tr.sent("uplink", up), float(ctx.num_samples), tau, 1 / math.sqrt(1 + tau))
             server = tr.call("receive", alg.receive, server, uplink, rctx)
