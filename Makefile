@@ -25,8 +25,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 # The default experiment: FedAvg against Top-k 1% + fp16 with error feedback on MNIST.
 RUNS := runs/quickstart
 run: $(STAMP)
-	$(BIN)/fedpress run configs/quickstart.toml --out $(RUNS)/fedavg --set name=fedavg
-	$(BIN)/fedpress run configs/quickstart.toml --out $(RUNS)/topk_ef --set name=topk_ef_1pct_fp16 \
+	$(BIN)/fedpress run configs/quickstart.toml --overwrite --out $(RUNS)/fedavg --set name=fedavg
+	$(BIN)/fedpress run configs/quickstart.toml --overwrite --out $(RUNS)/topk_ef --set name=topk_ef_1pct_fp16 \
 	    --set algorithm.name=topk_ef --set algorithm.ratio=0.01 --set algorithm.precision=fp16
 	$(BIN)/fedpress compare $(RUNS)/fedavg $(RUNS)/topk_ef --target-accuracy 0.97
 

@@ -38,7 +38,9 @@ def run_grid(config: str, settings: dict[str, list[str]], variants: dict[str, li
                 continue
             try:
                 cfg = load(config, [*setting_overrides, *overrides, f"name={variant}"])
-                summary = run(cfg, run_dir, resume=True, progress=False)
+                # go on from a checkpoint if a killed study left one; else start (over) afresh
+                resume = (run_dir / "checkpoint.pt").exists()
+                summary = run(cfg, run_dir, resume=resume, overwrite=not resume, progress=False)
             finally:
                 lock.unlink()
             print(f"{setting}/{variant}: {100 * summary['final_accuracy']:.2f}% "

@@ -44,7 +44,9 @@ def run_variant(config: Path, run_dir: Path, overrides: list[str], report_only: 
         return
     try:
         cfg = load(config, [*overrides, f"name={run_dir.name}"])
-        summary = asynchronous.run(cfg, run_dir, resume=True, progress=False)
+        # go on from a checkpoint if a killed study left one; else start (over) afresh
+        resume = (run_dir / "checkpoint.pt").exists()
+        summary = asynchronous.run(cfg, run_dir, resume=resume, overwrite=not resume, progress=False)
     finally:
         lock.unlink()
     print(

@@ -1,6 +1,6 @@
 """The `fedpress` command.
 
-    fedpress run CONFIG.toml [--set dotted.key=value ...] [--out DIR] [--resume] [--engine sim|flower]
+    fedpress run CONFIG.toml [--set dotted.key=value ...] [--out DIR] [--resume | --overwrite] [--engine sim|flower]
     fedpress compare DIR ... [--target-accuracy A] [--plot PATH]
     fedpress datasets list | verify [NAME ...] | fetch NAME ...
     fedpress partition CONFIG.toml [--set ...] [--plot PATH]
@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedpress.errors import ConfigError
+from fedpress.errors import CheckpointError, ConfigError, RunDirectoryError
 
 
 def _run(args) -> int:
@@ -27,11 +27,18 @@ def _run(args) -> int:
         from fedpress.flower import run_flower  # needs the `flower` extra
 
         engine = run_flower
-    summary = engine(cfg, out, resume=args.resume, progress=not args.quiet)
+    summary = engine(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     mb = (summary["uplink_bytes"] + summary["downlink_bytes"]) / 1e6
     print(f"{cfg.name}: final accuracy {100 * summary['final_accuracy']:.2f}%, "
           f"best {100 * summary['best_accuracy']:.2f}%, sent {mb:,.2f} MB "
           f"(uplink {summary['uplink_compression']:.1f}x smaller than fp32) -> {out}")
+    rejected = summary["rejected_updates"]
+    if rejected:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in summary["rejections"].items())
+        total = rejected + summary["accepted_updates"]
+        print(f"  {rejected} of {total} updates rejected ({reasons})"
+              + (f"; {summary['rounds_without_updates']} rounds aggregated none"
+                 if summary["rounds_without_updates"] else ""))
     if cfg.is_async:
         objective = f", training objective {summary['final_train_objective']:.10g}" \
             if "final_train_objective" in summary else ""
@@ -106,7 +113,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("config")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     r.add_argument("--out", help="run directory (default runs/<name>)")
-    r.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    r.add_argument("--resume", action="store_true",
+                   help="continue from DIR/checkpoint.pt, or extend a finished run to more rounds")
+    r.add_argument("--overwrite", action="store_true", help="replace the run DIR holds (refused without it)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--engine", choices=("sim", "flower"), default="sim",
                    help="fedpress's simulator, or Flower's simulation engine (Ray): the same bytes and model")
@@ -140,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as e:
         print(f"fedpress: config error: {e}", file=sys.stderr)
+        return 2
+    except (RunDirectoryError, CheckpointError) as e:
+        print(f"fedpress: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # a clear one-line reason for the errors users can act on
         from fedpress.data import DatasetError

@@ -9,7 +9,9 @@ turns one into dicts, lists, tensors and scalars, which `torch.save` writes and
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
+import io
 import json
 import os
 import struct
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from fedpress.errors import CheckpointError
 
 _KIND = "__kind__"
 
@@ -69,14 +73,40 @@ def from_tree(tree: Any) -> Any:
     raise ValueError(f"malformed state tree node: {sorted(tree)}")
 
 
+# --- checkpoint files -------------------------------------------------------------------
+#
+#   offset  size  field
+#   0       4     magic b"FPCK"
+#   4       1     version (1)
+#   5       8     payload length (uint64, little-endian)
+#   13      32    SHA-256 of the payload
+#   45      ...   payload: torch.save of the state's tree (read back with weights_only=True)
+#
+# The digest covers everything the checkpoint holds: a flipped bit or a truncated file is
+# refused by name (CheckpointError) instead of resuming from a wrong weight or loss.
+
+_CHECKPOINT_MAGIC = b"FPCK"
+_CHECKPOINT_VERSION = 1
+_CHECKPOINT_HEADER = struct.Struct("<4sBQ32s")
+
+
 def save(obj: Any, path: str | Path) -> None:
-    """Write atomically: a run killed mid-write leaves the previous checkpoint intact."""
+    """Write a checkpoint atomically (temporary file, fsync, rename): a run killed
+    mid-write leaves the previous checkpoint intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(to_tree(obj), buffer)
+    payload = buffer.getvalue()
+    header = _CHECKPOINT_HEADER.pack(_CHECKPOINT_MAGIC, _CHECKPOINT_VERSION, len(payload),
+                                     hashlib.sha256(payload).digest())
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(to_tree(obj), tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(header)
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -84,7 +114,28 @@ def save(obj: Any, path: str | Path) -> None:
 
 
 def load(path: str | Path) -> Any:
-    return from_tree(torch.load(path, weights_only=True))
+    """A checkpoint `save` wrote; CheckpointError naming what is wrong for anything else."""
+    path = Path(path)
+    data = path.read_bytes()
+    size = _CHECKPOINT_HEADER.size
+    if data[:4] != _CHECKPOINT_MAGIC:
+        raise CheckpointError(f"{path} is not a fedpress checkpoint (no FPCK header; {len(data)} bytes)")
+    if len(data) < size:
+        raise CheckpointError(f"{path} is truncated inside its header ({len(data)} of {size} bytes)")
+    _, version, length, digest = _CHECKPOINT_HEADER.unpack_from(data)
+    if version != _CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {version}; this fedpress reads version "
+                              f"{_CHECKPOINT_VERSION}")
+    payload = data[size:]
+    if len(payload) != length:
+        raise CheckpointError(f"{path} is truncated or has trailing bytes: its header says {length} bytes of "
+                              f"state, the file holds {len(payload)}")
+    if hashlib.sha256(payload).digest() != digest:
+        raise CheckpointError(f"{path} is damaged: its SHA-256 does not match what was written")
+    try:
+        return from_tree(torch.load(io.BytesIO(payload), weights_only=True))
+    except Exception as e:  # a payload that passed the digest but is not a state tree fedpress wrote
+        raise CheckpointError(f"{path} does not hold a fedpress state: {e}") from None
 
 
 # --- states as bytes: for Flower's Context.state, where only records of bytes persist ---

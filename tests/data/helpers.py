@@ -27,6 +27,24 @@ def md5_of(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+def corrupt_in_place(path: Path, offset: int | None = None) -> None:
+    """Flip one byte of ``path`` without changing its size, then restore its atime and mtime.
+
+    This is the damage a size+mtime cache cannot see: bit rot, or a tool that
+    rewrites a file and puts its timestamps back.
+    """
+    st = path.stat()
+    offset = st.st_size // 2 if offset is None else offset
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
 def write_idx(path: Path, array: np.ndarray, magic: int | None = None) -> Path:
     """Gzipped IDX of uint8: big-endian magic (0x0800 | ndim), dims, then the bytes."""
     array = np.ascontiguousarray(array, np.uint8)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedpress.cli import main
 from fedpress.data import DatasetError, DatasetWarning, fetch, load, verify
 from fedpress.data import sources as src
 from fedpress.data.loaders import IDX_IMAGES_MAGIC, read_idx, read_libsvm
@@ -26,6 +27,7 @@ from fedpress.data.loaders import IDX_IMAGES_MAGIC, read_idx, read_libsvm
 from .helpers import (
     add_bytes,
     add_symlink,
+    corrupt_in_place,
     md5_of,
     write_cifar,
     write_idx,
@@ -390,3 +392,62 @@ def test_verify_reports_mismatch_and_missing_without_downloading(isolated, monke
     missing = rows[MNIST_FILES[3]]
     assert missing.ok is False and missing.path is None
     assert str(folder / MNIST_FILES[3]) in missing.note
+
+
+# --------------------------------------------------------------------------- verify reads the bytes
+
+
+def write_tiny_mushrooms(folder: Path, monkeypatch) -> Path:
+    """A 7-row LIBSVM ``mushrooms`` file in ``folder``, registered under its own md5."""
+    rng = np.random.default_rng(4)
+    x = (rng.random((7, 112)) < 0.2).astype(np.float32)
+    path = write_libsvm(folder / "mushrooms", x, np.array([1, 2, 2, 1, 2, 1, 1]))
+    point_registry_at(monkeypatch, "mushrooms", folder)
+    return path
+
+
+def test_verify_hashes_the_bytes_every_time(isolated, monkeypatch) -> None:
+    path = write_tiny_mushrooms(isolated["mirror"] / "mushrooms", monkeypatch)
+    hashed = []
+    real_hash = src._hash_file
+    monkeypatch.setattr(src, "_hash_file", lambda p: hashed.append(p) or real_hash(p))
+    assert [r.ok for r in verify("mushrooms")] == [True]
+    assert [r.ok for r in verify("mushrooms")] == [True]
+    assert hashed == [path.resolve()] * 2  # the sidecar's remembered md5 was not trusted
+
+
+def test_verify_reports_a_file_corrupted_in_place_with_its_mtime_restored(isolated, monkeypatch) -> None:
+    path = write_tiny_mushrooms(isolated["mirror"] / "mushrooms", monkeypatch)
+    good = md5_of(path)
+    assert [(r.ok, r.path) for r in verify("mushrooms")] == [(True, path)]
+    assert good in (isolated["cache"] / src.MD5_SIDECAR).read_text()  # the md5 is now remembered
+
+    corrupt_in_place(path)
+    [row] = verify("mushrooms")
+    assert row.ok is False and row.path == path
+    assert row.note == f"md5 mismatch (expected {good}, got {md5_of(path)})"
+
+
+def test_datasets_verify_command_fails_on_a_file_corrupted_in_place(isolated, monkeypatch, capsys) -> None:
+    path = write_tiny_mushrooms(isolated["mirror"] / "mushrooms", monkeypatch)
+    assert main(["datasets", "verify", "mushrooms"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.split()[:3] == ["mushrooms", "mushrooms", "ok"]
+
+    corrupt_in_place(path)
+    assert main(["datasets", "verify", "mushrooms"]) != 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.split()[:4] == ["mushrooms", "mushrooms", "BAD", str(path)]
+    assert "md5 mismatch" in line and md5_of(path) in line
+
+
+def test_load_refuses_a_copy_that_verify_found_corrupted(isolated, monkeypatch) -> None:
+    path = write_tiny_mushrooms(isolated["mirror"] / "mushrooms", monkeypatch)
+    assert load("mushrooms").x_train.shape == (7, 112)  # its md5 is now remembered
+    corrupt_in_place(path)
+    [row] = verify("mushrooms")
+    assert row.ok is False
+    # the next load must not trust the md5 remembered before the damage (nor the decoded copy)
+    with pytest.raises(DatasetError, match=f"{path}: md5 mismatch") as info:
+        load("mushrooms")
+    assert md5_of(path) in str(info.value)

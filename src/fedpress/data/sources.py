@@ -13,6 +13,14 @@ A copy is used only if its md5 equals the published one. Hashing a 180 MB file
 on every run would dominate start-up, so results are remembered in a small
 sidecar text file in the cache dir, keyed by path, size and mtime.
 
+Only loading (`resolve`, `fetch`, hence `fedpress.data.load`) trusts that
+sidecar, for speed: a file damaged in place with its size and mtime unchanged
+(bit rot, a tool that restores timestamps, a write within the clock's
+resolution) still loads until its sidecar entry is refreshed. `verify`
+(``fedpress datasets verify``) is what a user runs to be sure, so it always
+reads the bytes; it also writes the md5 it found into the sidecar, so damage
+it reports is refused by the next load too.
+
 CIFAR comes in its official *binary* version; either the extracted folder or
 the official ``.tar.gz`` is accepted (fedpress never reads a pickle, not even
 a dataset's).
@@ -245,17 +253,26 @@ def _write_sidecar(known: dict[str, tuple[str, int, int]]) -> None:
         pass
 
 
-def md5sum(path: Path) -> str:
-    """md5 of ``path``, remembered in the cache's sidecar until the file's size or mtime changes."""
+def md5sum(path: Path, *, trust_cache: bool = True) -> str:
+    """md5 of ``path``, remembered in the cache's sidecar.
+
+    With ``trust_cache`` (what loading uses, for start-up speed) a remembered md5
+    is returned without reading the file while its size and mtime are unchanged,
+    so damage that keeps both goes unseen. ``trust_cache=False`` (what `verify`
+    uses) always hashes the bytes; either way the md5 found replaces the
+    remembered one, so a later trusting call sees what the bytes really hold.
+    """
     path = Path(path).resolve()
     st = path.stat()
     known = _read_sidecar()
     hit = known.get(str(path))
-    if hit is not None and hit[1:] == (st.st_size, st.st_mtime_ns):
+    if trust_cache and hit is not None and hit[1:] == (st.st_size, st.st_mtime_ns):
         return hit[0]
     digest = _hash_file(path)
-    known[str(path)] = (digest, st.st_size, st.st_mtime_ns)
-    _write_sidecar(known)
+    entry = (digest, st.st_size, st.st_mtime_ns)
+    if hit != entry:
+        known[str(path)] = entry
+        _write_sidecar(known)
     return digest
 
 
@@ -290,14 +307,17 @@ def _candidates(source: DatasetSource, relpath: str) -> Iterator[Path]:
         yield mirror / source.name / relpath
 
 
-def _check_copy(path: Path, md5: str | None) -> str | None:
-    """None if ``path`` is a good copy, else why not (recorded in the error message)."""
+def _check_copy(path: Path, md5: str | None, *, trust_cache: bool = True) -> str | None:
+    """None if ``path`` is a good copy, else why not (recorded in the error message).
+
+    ``trust_cache`` is passed to `md5sum`: True when loading, False for `verify`.
+    """
     if not path.is_file():
         return "not found"
     if md5 is None:
         return None
     try:
-        got = md5sum(path)
+        got = md5sum(path, trust_cache=trust_cache)
     except OSError as e:
         return f"unreadable ({e})"
     return None if got == md5 else f"md5 mismatch (expected {md5}, got {got})"
@@ -506,6 +526,12 @@ def fetch(name: str) -> list[Path]:
 def verify(name: str) -> list[FileCheck]:
     """Check the md5 of the copy of each file that `load` would use; never downloads.
 
+    Every file is hashed from its bytes: unlike loading, `verify` never trusts
+    the md5 remembered in the cache's sidecar for an unchanged size and mtime,
+    since it is what a user runs to be sure the files are intact. The md5 found
+    is written to the sidecar, so a mismatch reported here is also refused by
+    the next `load` (which does trust the sidecar).
+
     One row per file, after a row for the official archive if a copy of it is
     present. A missing file gets ``path=None, ok=False``; a file with no
     published md5 gets ``ok=None`` unless a verified archive vouches for it.
@@ -529,12 +555,15 @@ def verify(name: str) -> list[FileCheck]:
 
 
 def _verify_one(source: DatasetSource, relpath: str, md5: str | None) -> FileCheck:
-    """The first good copy in lookup order, else the first bad one, else 'not found'."""
+    """The first good copy in lookup order, else the first bad one, else 'not found'.
+
+    Each copy's md5 is computed from its bytes (``trust_cache=False``).
+    """
     looked: list[str] = []
     first_bad: FileCheck | None = None
     for path in _candidates(source, relpath):
         looked.append(str(path))
-        problem = _check_copy(path, md5)
+        problem = _check_copy(path, md5, trust_cache=False)
         if problem is None:
             if md5 is None:
                 return FileCheck(relpath, path, None, "no published md5; not checked")

@@ -34,9 +34,11 @@ from fedpress.flower.messages import (
 )
 from fedpress.flower.records import WIRE_KEY, wire_record
 from fedpress.runtime.experiment import Experiment, setup
+from fedpress.runtime.outputs import RunDirectory
 from fedpress.runtime.rejections import Rejection
 from fedpress.runtime.turn import ClientReply
-from fedpress.sim.rounds import drive, prepare
+from fedpress.sim.asynchronous import AsyncProgress
+from fedpress.sim.rounds import Progress, drive, prepare
 
 __all__ = ["ConfigSource", "FixedSource", "GridClients", "RunConfigSource", "client_app", "config_of", "run_flower",
            "serve", "server_app"]
@@ -146,8 +148,8 @@ class GridClients:
                    lost=self.flower_bytes["lost"])
 
 
-def server_app(exp: Experiment, out: str | Path | None = None, *, resume: bool = False, timeout: float | None = None,
-               progress: bool = False, result: dict | None = None) -> ServerApp:
+def server_app(exp: Experiment, out: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
+               timeout: float | None = None, progress: bool = False, result: dict | None = None) -> ServerApp:
     """A ServerApp that runs the config's rounds over the connected nodes and writes the
     same run directory as the simulator; `result["summary"]` receives the summary."""
     app = ServerApp()
@@ -155,20 +157,22 @@ def server_app(exp: Experiment, out: str | Path | None = None, *, resume: bool =
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        result["summary"] = serve(grid, exp, out, resume=resume, timeout=timeout, progress=progress)
+        result["summary"] = serve(grid, exp, out, resume=resume, overwrite=overwrite, timeout=timeout,
+                                  progress=progress)
 
     return app
 
 
-def serve(grid: Grid, exp: Experiment, out: str | Path | None, *, resume: bool = False, timeout: float | None = None,
-          progress: bool = False, clock: Callable[[], float] = time.monotonic) -> dict:
+def serve(grid: Grid, exp: Experiment, out: str | Path | None, *, resume: bool = False, overwrite: bool = False,
+          timeout: float | None = None, progress: bool = False, clock: Callable[[], float] = time.monotonic) -> dict:
     """The ServerApp's work: synchronous rounds over `GridClients`, or (FedBuff, QAFeL, Naive)
     the real-time asynchronous loop of `fedpress.flower.asynchronous` (`clock`: its seconds).
     Returns the summary."""
     timeout = timeout if timeout is not None else exp.config.round_timeout or None
     if exp.config.is_async:
-        return run_async(grid, exp, out, resume=resume, timeout=timeout, progress=progress, clock=clock)
-    run_dir, p = prepare(exp, out, resume)
+        return run_async(grid, exp, out, resume=resume, overwrite=overwrite, timeout=timeout, progress=progress,
+                         clock=clock)
+    run_dir, p = prepare(exp, out, resume, overwrite)
     clients = GridClients(grid, exp, timeout)
     return drive(exp, p, clients, run_dir, progress=progress, on_round_end=clients.annotate)
 
@@ -176,8 +180,8 @@ def serve(grid: Grid, exp: Experiment, out: str | Path | None, *, resume: bool =
 # --- Flower's simulation engine ---
 
 
-def run_flower(cfg: Config, out: str | Path | None = None, *, resume: bool = False, progress: bool = True,
-               timeout: float | None = None, source: Callable[[], Experiment] | None = None,
+def run_flower(cfg: Config, out: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
+               progress: bool = True, timeout: float | None = None, source: Callable[[], Experiment] | None = None,
                exp: Experiment | None = None, cpus: int | None = None, mods: Sequence = ()) -> dict[str, Any]:
     """`fedpress run --engine flower`: the config through Flower's simulation engine (Ray),
     one SuperNode per client, one CPU and one torch thread per ClientApp."""
@@ -185,12 +189,16 @@ def run_flower(cfg: Config, out: str | Path | None = None, *, resume: bool = Fal
 
     from flwr.simulation import run_simulation
 
+    # the run directory first: a directory that cannot take the run fails before any data is loaded
+    RunDirectory.open(cfg, out, AsyncProgress if cfg.is_async else Progress, resume=resume, overwrite=overwrite,
+                      write=False)
     exp = setup(cfg) if exp is None else exp
     result: dict = {}
     logging.getLogger("flwr").setLevel(logging.WARNING)
     cpus = cpus or os.cpu_count() or 1
     run_simulation(
-        server_app=server_app(exp, out, resume=resume, timeout=timeout, progress=progress, result=result),
+        server_app=server_app(exp, out, resume=resume, overwrite=overwrite, timeout=timeout, progress=progress,
+                              result=result),
         client_app=client_app(source or ConfigSource.of(cfg), mods=mods),
         num_supernodes=cfg.data.num_clients,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},

@@ -252,12 +252,12 @@ class GridAsync:
 # --- the ServerApp's main for an asynchronous config ---
 
 
-def run_async(grid: Grid, exp: Experiment, out: str | Path | None, *, resume: bool = False,
+def run_async(grid: Grid, exp: Experiment, out: str | Path | None, *, resume: bool = False, overwrite: bool = False,
               timeout: float | None = None, progress: bool = False, wait: float = 600.0,
               clock: Callable[[], float] = time.monotonic) -> dict:
     """The run directory as the simulator writes it (the `virtual_time` column holds real
     seconds here; summary "clock": "real")."""
-    run_dir, p = engine.prepare(exp, out, resume)
+    run_dir, p = engine.prepare(exp, out, resume, overwrite)
     fleet = GridAsync(grid, exp, p, discover(grid, exp.config.data.num_clients, wait), timeout, clock)
     display = Display(exp.config, p.round, progress, unit="step", postfix=steps_postfix)
     for _ in fleet.steps():

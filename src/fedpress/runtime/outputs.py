@@ -18,6 +18,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
+import tempfile
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ import torch
 from fedpress import state as state_io
 from fedpress.algorithms import Uplink
 from fedpress.config import Config, dumps
-from fedpress.errors import ConfigError
+from fedpress.errors import CheckpointError, ConfigError, RunDirectoryError
 from fedpress.layout import Layout
 from fedpress.local import evaluate
 from fedpress.metrics.ledger import Ledger
@@ -93,6 +96,13 @@ def close_row(row: dict, rows: list[dict], wall: float, cumulative: tuple[str, .
     return row
 
 
+def warn_if_empty(row: dict, unit: str = "round") -> None:
+    """Say so when a round aggregated nothing: every update was rejected (or none came)."""
+    if row["clients"] == 0:
+        why = f" ({row['rejected_reasons']})" if row["rejected_reasons"] else ""
+        print(f"fedpress: {unit} {row['round']}: no update was accepted{why}", file=sys.stderr)
+
+
 def due(cfg: Config, t: int) -> bool:
     """Whether round (or step) t, 0-based, is evaluated."""
     return (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds
@@ -101,40 +111,100 @@ def due(cfg: Config, t: int) -> bool:
 # ---------------------------------------------------------------------------- the directory
 
 
+OUTPUTS = ("config.toml", "metrics.csv", "summary.json", "ledger.csv", "density.csv", "checkpoint.pt", "final.pt",
+           "accuracy_vs_round.png", "accuracy_vs_mb.png")
+
+
 class RunDirectory:
-    """A run's directory: its resolved config, its checkpoint and its outputs."""
+    """A run's directory: its resolved config, its checkpoint, its final state and its outputs.
+
+    `checkpoint.pt` is where an unfinished run stands (every `checkpoint_every` rows);
+    `final.pt` is the state a finished run ended with (the final model among it), from
+    which `--resume` with more `rounds` extends the run.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         self.checkpoint = path / "checkpoint.pt"
+        self.final = path / "final.pt"
 
     @classmethod
-    def open(cls, cfg: Config, out: str | Path | None, resume: bool) -> tuple[RunDirectory, bool]:
-        """The run directory with the resolved config written into it, and whether there is
-        a checkpoint to resume from. A checkpoint of a different config is refused."""
+    def open(cls, cfg: Config, out: str | Path | None, kind: type, *, resume: bool = False,
+             overwrite: bool = False, write: bool = True) -> tuple[RunDirectory, Any]:
+        """The run directory, checked before any data is loaded, with the resolved config
+        written into it, and the progress (of the driver's `kind`) to go on from: None for a
+        fresh start. Refused by name (RunDirectoryError, ConfigError, CheckpointError), with
+        the directory left as it was: a directory that cannot be written, a run in it that
+        would be overwritten without `overwrite`, `resume` with nothing to resume, a
+        checkpoint of another config or a damaged one. `write=False` checks all that and
+        changes nothing (a runtime that builds its experiment before it opens the directory)."""
         run = cls(Path(out) if out is not None else Path("runs") / cfg.name)
-        run.path.mkdir(parents=True, exist_ok=True)
+        run.check_writable()
         config_text = dumps(cfg)
-        found = resume and run.checkpoint.exists()
-        if found:
-            config = run.path / "config.toml"
-            previous = config.read_text() if config.exists() else ""
+        progress = None
+        if resume:
+            progress = run.resumable(cfg, config_text, kind)
+        elif (run.path / "config.toml").exists():
+            if not overwrite:
+                raise RunDirectoryError(f"{run.path} holds a run already; --resume continues it, --overwrite "
+                                        f"replaces it, or give another --out")
+            for name in OUTPUTS if write else ():
+                (run.path / name).unlink(missing_ok=True)
+        if write:
+            (run.path / "config.toml").write_text(config_text)
+        return run, progress
+
+    def check_writable(self) -> None:
+        """The directory exists (made if not), can be written, and none of the names fedpress
+        writes is taken by a directory."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirectoryError(f"--out {self.path} is a file, not a directory")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.path):
+                pass
+        except OSError as e:
+            raise RunDirectoryError(f"--out {self.path} cannot be written: {e.strerror or e}") from None
+        for name in OUTPUTS:
+            if (self.path / name).is_dir():
+                raise RunDirectoryError(f"{self.path / name} is a directory; fedpress writes its {name} there")
+
+    def resumable(self, cfg: Config, config_text: str, kind: type) -> Any:
+        """What `resume` goes on from: the checkpoint of an unfinished run of this config, or
+        the final state of a finished one when `cfg` asks for more rounds."""
+        config = self.path / "config.toml"
+        previous = config.read_text() if config.exists() else ""
+        if self.checkpoint.exists():
             if previous != config_text:
-                raise ConfigError(f"--resume: {run.path} holds a run of a different config; "
+                raise ConfigError(f"--resume: {self.path} holds a run of a different config; "
                                   f"use another --out or the same config")
-        (run.path / "config.toml").write_text(config_text)
-        return run, found
+            return self.load(self.checkpoint, kind)
+        if not self.final.exists():
+            hint = " (the run stopped before its first checkpoint: rerun it with --overwrite)" if previous else ""
+            raise RunDirectoryError(f"--resume: nothing to resume in {self.path}: no checkpoint.pt{hint}")
+        before, now = tomllib.loads(previous), tomllib.loads(config_text)
+        if {**before, "rounds": 0} != {**now, "rounds": 0}:
+            raise ConfigError(f"--resume: {self.path} holds a finished run of a different config; "
+                              f"use another --out or the same config")
+        summary = self.path / "summary.json"
+        if summary.exists() and json.loads(summary.read_text()).get("diverged_at_round") is not None:
+            raise RunDirectoryError(f"--resume: the run in {self.path} diverged; there is no model to go on from")
+        done = self.load(self.final, kind)
+        if cfg.rounds <= done.round:
+            raise RunDirectoryError(f"--resume: the run in {self.path} is finished ({done.round} rounds); nothing "
+                                    f"to resume. To extend it, resume with more rounds (--set rounds=N, "
+                                    f"N > {done.round})")
+        return done
+
+    def load(self, path: Path, kind: type) -> Any:
+        progress = state_io.load(path)["progress"]
+        if not isinstance(progress, kind):
+            raise CheckpointError(f"{path} holds a {type(progress).__name__}, not the {kind.__name__} of this engine")
+        return progress
 
     def save_checkpoint(self, progress: Any) -> None:
         """The run's progress dataclass as one state tree, written atomically."""
         state_io.save({"progress": progress}, self.checkpoint)
-
-    def load_checkpoint(self, kind: type) -> Any:
-        progress = state_io.load(self.checkpoint)["progress"]
-        if not isinstance(progress, kind):
-            raise ConfigError(f"--resume: {self.checkpoint} holds a {type(progress).__name__}, "
-                              f"not the {kind.__name__} of this engine")
-        return progress
 
     def write_metrics(self, rows: list[dict]) -> None:
         """The fixed columns first, then any others (round_metrics, the asynchronous ones), in first-seen order."""
@@ -152,8 +222,8 @@ class RunDirectory:
             self.write_metrics(progress.rows)
 
     def write_outputs(self, exp, p, diverged_at_round: int | None = None, **extra: Any) -> dict:
-        """metrics.csv, ledger.csv, density.csv, summary.json (with `extra`) and the plots;
-        the checkpoint is removed: the run is complete and its outputs are the record."""
+        """final.pt, metrics.csv, ledger.csv, density.csv, summary.json (with `extra`) and the
+        plots; the checkpoint is removed."""
         self.write_metrics(p.rows)
         with open(self.path / "ledger.csv", "w", newline="") as f:
             writer = csv.writer(f)
@@ -163,13 +233,15 @@ class RunDirectory:
             writer = csv.writer(f)
             writer.writerow(["round", *exp.wire.names])
             writer.writerows([[i + 1, *(f"{v:.6g}" for v in d)] for i, d in enumerate(p.density)])
+        # the final state first: a run killed from here on resumes from its checkpoint and ends the same
+        state_io.save({"progress": p}, self.final)
         summary = summarize(exp, p, diverged_at_round)
         summary.update(extra)
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         from fedpress.report import plot_run
 
         plot_run(self.path)
-        self.checkpoint.unlink(missing_ok=True)
+        self.checkpoint.unlink(missing_ok=True)  # the run is complete: final.pt and the outputs are its record
         return summary
 
 
@@ -200,7 +272,9 @@ def summarize(exp, p, diverged_at_round: int | None = None) -> dict:
         "total_compression": (last["cum_dense_uplink_bytes"] + last["cum_dense_downlink_bytes"])
         / max(last["cum_uplink_bytes"] + last["cum_downlink_bytes"], 1),
         "uplink_values": sum(r["uplink_values"] for r in rows),
+        "accepted_updates": sum(r["clients"] for r in rows),
         "rejected_updates": sum(r["rejected"] for r in rows),
+        "rounds_without_updates": sum(1 for r in rows if r["clients"] == 0),  # nothing aggregated in them
         "rejections": rejections(rows),  # {reason: count}: see rejections.tally()
         "wall_seconds": sum(r["wall_seconds"] for r in rows),
         "diverged_at_round": diverged_at_round,  # None: the run went to the end

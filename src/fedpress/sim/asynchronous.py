@@ -346,14 +346,18 @@ def run(
     out: str | Path | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     on_round_end: Callable[[dict], None] | None = None,
     executor: Executor | None = None,
 ) -> dict:
     """Run an asynchronous config to `rounds` server steps (or resume it); write the run
     directory as `fedpress.sim.run` does, plus the virtual-clock columns; return the summary."""
+    if not cfg.is_async:
+        raise ConfigError(f"algorithm.name = {cfg.algorithm.name!r} is not asynchronous; run it with fedpress.sim.run")
+    run_dir, p = RunDirectory.open(cfg, out, AsyncProgress, resume=resume, overwrite=overwrite)
     exp = setup(cfg)
-    run_dir, p = prepare(exp, out, resume)
+    p = p or fresh(exp)
     engine = Engine(exp, p, executor if executor is not None else EXECUTORS[cfg.executor]())
     display = Display(cfg, p.round, progress, unit="step", postfix=steps_postfix)
     while p.round < cfg.rounds:
@@ -366,10 +370,11 @@ def run(
     return conclude(exp, p, run_dir)
 
 
-def prepare(exp: Experiment, out: str | Path | None, resume: bool) -> tuple[RunDirectory, AsyncProgress]:
+def prepare(exp: Experiment, out: str | Path | None, resume: bool, overwrite: bool = False
+            ) -> tuple[RunDirectory, AsyncProgress]:
     """The run directory and where the run stands: a fresh start, or its checkpoint."""
-    run_dir, found = RunDirectory.open(exp.config, out, resume)
-    return run_dir, run_dir.load_checkpoint(AsyncProgress) if found else fresh(exp)
+    run_dir, p = RunDirectory.open(exp.config, out, AsyncProgress, resume=resume, overwrite=overwrite)
+    return run_dir, p or fresh(exp)
 
 
 def conclude(exp: Experiment, p: AsyncProgress, run_dir: RunDirectory, clock: str = "virtual") -> dict:

@@ -29,7 +29,7 @@ from fedpress.rng import derive
 from fedpress.runtime.accept import accept
 from fedpress.runtime.executor import EXECUTORS
 from fedpress.runtime.experiment import Experiment, setup
-from fedpress.runtime.outputs import Display, RunDirectory, close_row, due, evaluate_into, round_row
+from fedpress.runtime.outputs import Display, RunDirectory, close_row, due, evaluate_into, round_row, warn_if_empty
 from fedpress.runtime.rejections import Refusal
 from fedpress.runtime.transport import Transport, dense_frame_bytes
 from fedpress.runtime.turn import ClientReply
@@ -149,23 +149,30 @@ def run(
     out: str | Path | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     on_round_end: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Run a config to the end (or resume it), write the run directory, return the summary."""
+    """Run a config to the end (or resume it, or extend a finished run to more rounds),
+    write the run directory, return the summary. The directory is checked before any data
+    is loaded: a run already in it is refused unless `overwrite`."""
+    run_dir, p = RunDirectory.open(cfg, out, Progress, resume=resume, overwrite=overwrite)
     exp = setup(cfg)
-    run_dir, p = prepare(exp, out, resume)
+    p = p or fresh(exp)
     clients = InProcessClients(exp, p.clients, EXECUTORS[cfg.executor]())
     return drive(exp, p, clients, run_dir, progress=progress, on_round_end=on_round_end)
 
 
-def prepare(exp: Experiment, out: str | Path | None, resume: bool) -> tuple[RunDirectory, Progress]:
-    """The run directory and where the run stands: a fresh start, or its checkpoint (--resume)."""
-    run_dir, found = RunDirectory.open(exp.config, out, resume)
-    if found:
-        return run_dir, run_dir.load_checkpoint(Progress)
+def fresh(exp: Experiment) -> Progress:
     ledger = Ledger(dense_frame_bytes(exp.model.layout))
-    return run_dir, Progress(0, exp.algorithm.init_server(exp.x0, exp.model.layout), {}, ledger, [])
+    return Progress(0, exp.algorithm.init_server(exp.x0, exp.model.layout), {}, ledger, [])
+
+
+def prepare(exp: Experiment, out: str | Path | None, resume: bool, overwrite: bool = False
+            ) -> tuple[RunDirectory, Progress]:
+    """The run directory and where the run stands: a fresh start, or its checkpoint (--resume)."""
+    run_dir, p = RunDirectory.open(exp.config, out, Progress, resume=resume, overwrite=overwrite)
+    return run_dir, p or fresh(exp)
 
 
 def drive(exp: Experiment, p: Progress, clients: Fleet, run_dir: RunDirectory, *, progress: bool = True,
@@ -184,6 +191,7 @@ def drive(exp: Experiment, p: Progress, clients: Fleet, run_dir: RunDirectory, *
             diverged = t + 1
             print(f"fedpress: {e}; writing the {t} rounds before it", file=sys.stderr)
             break
+        warn_if_empty(row)
         if on_round_end is not None:  # before the checkpoint: what it adds to the row is kept on resume
             on_round_end(row)
         display.update(p.rows)
