@@ -151,6 +151,8 @@ class RunDirectory:
             for name in OUTPUTS if write else ():
                 (run.path / name).unlink(missing_ok=True)
         if write:
+            for leftover in [*run.path.glob("checkpoint.pt*.tmp"), *run.path.glob("final.pt*.tmp")]:
+                leftover.unlink()  # a write that a kill cut short; the file it was replacing is intact
             (run.path / "config.toml").write_text(config_text)
         return run, progress
 

@@ -57,7 +57,7 @@ from fedpress.runtime.outputs import (
     round_row,
     steps_postfix,
 )
-from fedpress.runtime.rejections import Refusal
+from fedpress.runtime.rejections import Refusal, tally
 from fedpress.runtime.transport import Transport, dense_frame_bytes
 from fedpress.runtime.turn import ClientReply, Turn, client_context, client_turns
 from fedpress.wire.message import Message
@@ -200,8 +200,8 @@ class Engine:
             if self.arrive(heapq.heappop(self.p.flights)):
                 return self.flush(time.perf_counter() - started)
         raise RuntimeError(
-            f"no server step after {limit} arrivals: with async.max_staleness = "
-            f"{self.acfg.max_staleness} every update is too stale; raise it or lower the concurrency"
+            f"no server step after {limit} arrivals: {self.p.dropped} dropped as too stale (async.max_staleness = "
+            f"{self.acfg.max_staleness}), rejected: {tally(self.p.rejected) or 'none'}"
         )
 
     def start_idle(self) -> None:

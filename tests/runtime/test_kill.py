@@ -1,0 +1,115 @@
+"""A run killed with SIGKILL at any moment, mid-round or in the middle of writing its
+checkpoint, resumes to the uninterrupted run's outputs bit for bit (issue 16, item 10).
+
+Each run is a separate process (`python -c SCRIPT`) on the simulator tests' synthetic
+dataset with one torch thread, so the reference and the killed runs do the same sums.
+The kills come at random moments drawn from a seeded generator, and at the moment a
+checkpoint's temporary file appears (the write in progress)."""
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+import fedpress.runtime.experiment as experiment
+from tests.sim.conftest import synthetic_dataset, tiny_config
+from tests.sim.test_async import async_config
+dataset = synthetic_dataset()
+experiment.load = lambda name, normalize=True: dataset
+from fedpress.sim import asynchronous, run
+engine, out, overrides, resume = json.loads(sys.argv[1])
+if engine == "rounds":
+    run(tiny_config(**overrides), out, resume=resume, overwrite=not resume, progress=False)
+else:
+    asynchronous.run(async_config(**overrides), out, resume=resume, overwrite=not resume, progress=False)
+"""
+
+WIDE = {"model.widths": [384, 384], "checkpoint_every": 1}  # checkpoints of a few MB: a write takes a while
+CASES = {
+    "topk_ef": ("rounds", {**WIDE, "rounds": 8, "algorithm.name": "topk_ef", "algorithm.ratio": 0.05}),
+    "scaffnew": ("rounds", {**WIDE, "rounds": 8, "algorithm.name": "scaffnew", "train.momentum": 0.0,
+                            "clients_per_round": 12}),
+    "qafel": ("async", {**WIDE, "rounds": 8, "algorithm.name": "qafel", "train.lr": 0.02}),
+}
+
+
+def start(engine, out, overrides, resume):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps([engine, str(out), overrides, resume])],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def finished(out) -> bool:
+    return (out / "summary.json").exists() and not (out / "checkpoint.pt").exists()
+
+
+def opened(proc, out) -> float:
+    """Wait until the process has started and opened its run directory; the time then."""
+    deadline = time.monotonic() + 120
+    while not (out / "config.toml").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return time.monotonic()
+
+
+def kill_when(proc, out, rng, mode, span: float = 0.0) -> str:
+    """Kill `proc` at a random moment within `span` seconds of its start ("random"), or
+    when a checkpoint write is in progress ("write"); returns what happened: "killed",
+    "killed-in-write" or "finished"."""
+    deadline = time.monotonic() + 120
+    at = opened(proc, out) + rng.uniform(0.0, span)
+    while proc.poll() is None and time.monotonic() < deadline:
+        writing = any(out.glob("checkpoint.pt*.tmp"))
+        if (mode == "write" and writing) or (mode == "random" and time.monotonic() >= at):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return "killed-in-write" if writing else "killed"
+        time.sleep(0.0005)
+    assert proc.wait() == 0, proc.stderr.read().decode()[-2000:]
+    return "finished"
+
+
+def outputs(out):
+    def table(name):
+        with open(out / name) as f:
+            return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in csv.DictReader(f)]
+
+    summary = json.loads((out / "summary.json").read_text())
+    return (table("metrics.csv"), (out / "ledger.csv").read_text(), (out / "density.csv").read_text(),
+            {k: v for k, v in summary.items() if k != "wall_seconds"})
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_killed_at_random_moments_and_mid_checkpoint_a_run_resumes_bit_for_bit(tmp_path, name):
+    engine, overrides = CASES[name]
+    reference = start(engine, tmp_path / "reference", overrides, resume=False)
+    began = opened(reference, tmp_path / "reference")
+    assert reference.wait() == 0, reference.stderr.read().decode()[-2000:]
+    span = 0.8 * (time.monotonic() - began)  # random kills fall within the run's own length
+
+    out, rng, events = tmp_path / "killed", random.Random(f"kill-{name}"), []
+    for mode in ("write", "random", "write", "random", "random", "random", "random", "random"):
+        if finished(out):
+            break
+        resume = (out / "checkpoint.pt").exists() or (out / "final.pt").exists()
+        events.append(kill_when(start(engine, out, overrides, resume), out, rng, mode, span))
+    while not finished(out):  # the last start runs to the end
+        resume = (out / "checkpoint.pt").exists()
+        events.append(kill_when(start(engine, out, overrides, resume), out, rng, "none"))
+
+    assert "killed-in-write" in events, events  # a checkpoint write was cut short at least once
+    assert events.count("killed") + events.count("killed-in-write") >= 3, events
+    assert outputs(out) == outputs(tmp_path / "reference"), events
+    assert not list(out.glob("*.tmp"))  # what a cut-short write left behind was cleared on resume
