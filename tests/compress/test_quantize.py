@@ -116,3 +116,34 @@ def test_quantizers_reject_bad_hyperparameters():
         qsgd(4, 0)
     with pytest.raises(ValueError, match="bits"):
         minmax_affine(9)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_minmax_affine_at_the_float32_edge_decodes_finitely_or_is_refused_at_the_sender(bits):
+    """Tensors spanning up to the float32 maximum: the receiver never gets an infinite value."""
+    layout = Layout.from_shapes({"w": (2, 3)})
+    f32_max = torch.finfo(torch.float32).max
+    for top in (f32_max, f32_max / 2, f32_max / 2**bits, 1e38, 3e37):
+        for x in (torch.tensor([0.0, top, top / 3, 1.0, -1.0, 0.5]), torch.tensor([-top / 2, top / 2, 0, 0, 1, 2])):
+            msg, _ = minmax_affine(bits).encode(x, layout, None)
+            try:
+                data = wire.encode(msg, layout)
+            except wire.WireError as e:
+                assert e.reason in (wire.Reason.NON_FINITE, wire.Reason.BAD_PARAMETER)
+                continue
+            assert bool(torch.isfinite(wire.decode(data, layout).expand(layout)).all()), (top, x)
+
+
+@pytest.mark.parametrize("levels", [1, 3, 25, 31, 127, 32767])
+def test_qsgd_of_the_largest_inputs_decodes_finitely_or_is_refused_at_the_sender(levels):
+    """torch's fp32 norm overflows long before the float32 maximum (|x| ~ 1.8e19), so a
+    codec's norms stay far from the edge; the wire refuses an infinite norm by name."""
+    layout = Layout.flat(4)
+    for top in (1e19, 1.8e19, 3e19, 1e38):
+        msg, _ = qsgd(levels).encode(torch.tensor([top, -top / 2, 0.0, 1.0]), layout, None, derive(0, "edge"))
+        try:
+            data = wire.encode(msg, layout)
+        except wire.WireError as e:
+            assert e.reason is wire.Reason.NON_FINITE
+            continue
+        assert bool(torch.isfinite(wire.decode(data, layout).expand(layout)).all())

@@ -8,6 +8,7 @@ import torch
 
 from fedpress import Layout
 from fedpress.wire import QSGD, Affine, Dense, Message, Reason, WireError, decode, encode
+from fedpress.wire import message as wire_message
 from tests.wire.frames import LAYOUT, D, f32, frame
 
 X = torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0, -0.25])
@@ -58,6 +59,10 @@ def random_messages():
     raw = torch.randn(14, generator=g)
     yield layout, Message(d, Affine(codes, torch.tensor([0.1, 0.2], dtype=torch.float64),
                                     torch.tensor([-3, 4], dtype=torch.int32), raw, bits=4))
+    seeded = wire_message.seeded_indices(99, d, 50)
+    n_q = int((seeded < 108).sum() + ((seeded >= 112) & (seeded < 232)).sum())
+    yield layout, Message(d, Affine(codes[:n_q], torch.tensor([0.1, 0.2], dtype=torch.float64),
+                                    torch.tensor([-3, 4], dtype=torch.int32), raw[: 50 - n_q], bits=4), seed=99)
 
 
 @pytest.mark.parametrize("case", list(random_messages()), ids=lambda c: type(c[1].values).__name__)
@@ -186,6 +191,20 @@ def test_non_finite():
     raises(Reason.NON_FINITE, frame(0, 0, [f32(1.0, float("nan"), 0.0, 0.0, 0.0, 0.0)]))
     raises(Reason.NON_FINITE, frame(0, 3, [struct.pack("<HI", 2, 6), f32(float("inf")), bytes(3)]))
     raises(Reason.NON_FINITE, frame(0, 1, [np.array([1, 2, 3, 4, 5, np.inf], "<f2").tobytes()]))
+
+
+def test_not_canonical():
+    # the sparse fp16 frame above with its index set [1, 4] as raw32 (8 bytes) instead of
+    # the bitmap the encoder writes (1 byte): the same message, other bytes
+    values = np.array([-2.0, 3.0], "<f2").tobytes()
+    raw32 = bytes([0]) + np.array([1, 4], "<u4").tobytes()
+    raises(Reason.NOT_CANONICAL, frame(1, 1, [raw32, values], n=2))
+    # Golomb-Rice with b = 1 for the same set: remainders 1, 0 then quotients 0, 1 in unary
+    rice = bytes([2 | 1 << 3, 0b01, 0b101])
+    raises(Reason.NOT_CANONICAL, frame(1, 1, [rice, values], n=2))
+    # an empty index set carries no bytes in raw32; Rice with any parameter is the same set
+    raises(Reason.NOT_CANONICAL, frame(1, 0, [bytes([2 | 5 << 3]), b""], n=0))
+    assert decode(frame(1, 0, [bytes([0]), b""], n=0), LAYOUT).n == 0  # the canonical one decodes
 
 
 def test_encoder_refuses_what_the_decoder_would():

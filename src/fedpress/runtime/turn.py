@@ -22,6 +22,11 @@ from fedpress.runtime.rejections import Rejection
 from fedpress.wire import Reason, WireError
 
 
+# what the encoder refuses because of the values (not a bug): NaN or inf, fp16 overflow, and a
+# QSGD norm or affine scale so large that a value it stands for would expand past fp32's range
+REFUSED_AT_THE_SENDER = (Reason.NON_FINITE, Reason.BAD_PARAMETER)
+
+
 @dataclass(frozen=True)
 class ClientReply:
     """What a client sends back, as it crosses the network."""
@@ -62,7 +67,7 @@ def client_context(exp, round_: int, client: int, version: int | None = None) ->
 def client_job(exp, plan: LocalPlan, round_: int, client: int) -> Job:
     """Local training of one client: its data and its generator derive(seed, "train", t, c)."""
     idx, rng = exp.parts[client], derive(exp.config.seed, "train", round_, client)
-    return Job(plan, exp.dataset.x_train[idx], exp.dataset.y_train[idx], rng)
+    return Job(plan, exp.dataset.x_train[idx], exp.dataset.y_train[idx], rng, idx)
 
 
 def finish(exp, state: Any, plan: LocalPlan, result: LocalResult, ctx: ClientContext,
@@ -76,9 +81,9 @@ def finish(exp, state: Any, plan: LocalPlan, result: LocalResult, ctx: ClientCon
     try:
         data = wire.encode(msg, exp.wire)
     except WireError as e:
-        if e.reason is not Reason.NON_FINITE:
+        if e.reason not in REFUSED_AT_THE_SENDER:
             raise
-        # e.g. an fp16 overflow: refused at the sender, nothing averaged in
+        # an fp16 overflow, a norm past what fp32 can expand: refused at the sender, nothing averaged in
         return ClientReply(None, result.loss, ctx.num_samples, e.reason.name, version), None
     return ClientReply(data, result.loss, ctx.num_samples, "", version), new_state
 

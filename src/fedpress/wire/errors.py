@@ -25,6 +25,7 @@ class Reason(enum.Enum):
     BAD_PARAMETER = "a codec parameter in the message is out of its allowed range"
     SYMBOL_OUT_OF_RANGE = "a quantized symbol lies outside the quantizer's alphabet"
     NON_FINITE = "a value, norm or scale is NaN or infinite"
+    NOT_CANONICAL = "the message is valid but not coded as the encoder codes it (another index coding)"
 
 
 class WireError(ValueError):

@@ -46,6 +46,8 @@ from fedpress.wire.message import (
     Dense,
     Message,
     affine_quantized,
+    affine_reach,
+    qsgd_reach,
     seeded_indices,
     value_layout,
 )
@@ -120,11 +122,11 @@ def _encode_values(values, vlayout: Layout) -> tuple[int, list[bytes]]:
         require(1 <= s <= MAX_LEVELS and 1 <= bucket <= max(n, 1), Reason.BAD_PARAMETER,
                 f"levels={s}, bucket={bucket} for {n} values")
         require(values.norms.numel() == -(-n // bucket), Reason.COUNT_MISMATCH, "one norm per bucket")
-        _finite(values.norms, "QSGD norms")
-        require(bool((values.norms >= 0).all()), Reason.BAD_PARAMETER, "QSGD norms must be >= 0")
+        norms32 = values.norms.to(torch.float32)  # what travels, and what the receiver checks
+        _check_norms(norms32, s)
         sym = values.symbols.to(torch.int64).numpy()
         require(sym.size == 0 or int(np.abs(sym).max()) <= s, Reason.SYMBOL_OUT_OF_RANGE, f"|symbol| > {s}")
-        norms = values.norms.to(torch.float32).numpy().astype("<f4").tobytes()
+        norms = norms32.numpy().astype("<f4").tobytes()
         if not values.elias:
             width = (2 * s).bit_length()
             return VAL_QSGD, [QSGD_PARAMS.pack(s, bucket), norms, pack_fixed(sym + s, width)]
@@ -141,32 +143,53 @@ def _encode_values(values, vlayout: Layout) -> tuple[int, list[bytes]]:
         require(values.codes.numel() == n_q and values.scales.numel() == t_q, Reason.COUNT_MISMATCH,
                 "affine codes/scales do not match the layout")
         require(values.raw.numel() == vlayout.numel - n_q, Reason.COUNT_MISMATCH, "affine raw values")
-        _finite(values.scales, "affine scales")
-        _finite(values.raw, "affine raw values")
-        _check_scales(values.scales, values.bits)
-        zp = values.zero_points
+        # checked as they travel: fp64 scales, int32 zero points, fp32 raw values
+        scales, zp, raw = (values.scales.to(torch.float64), values.zero_points.to(torch.int64),
+                           values.raw.to(torch.float32))
+        _check_scales(scales, values.bits)
+        _finite(raw, "affine raw values")
         require(bool(((zp >= qmin) & (zp <= qmax)).all()), Reason.BAD_PARAMETER, "affine zero point out of range")
         codes = values.codes.to(torch.int64)
         require(codes.numel() == 0 or (int(codes.min()) >= 0 and int(codes.max()) < (1 << values.bits)),
                 Reason.SYMBOL_OUT_OF_RANGE, f"affine codes must lie in [0, 2^{values.bits})")
         return VAL_AFFINE, [
             AFFINE_PARAMS.pack(values.bits, int(values.quantize_1d)),
-            values.scales.to(torch.float64).numpy().astype("<f8").tobytes(),
+            scales.numpy().astype("<f8").tobytes(),
             zp.to(torch.int32).numpy().astype("<i4").tobytes(),
             pack_fixed(codes.numpy(), values.bits),
-            values.raw.to(torch.float32).numpy().astype("<f4").tobytes(),
+            raw.numpy().astype("<f4").tobytes(),
         ]
     raise WireError(Reason.UNKNOWN_KIND, f"payload type {type(values).__name__}")
 
 
+def _check_norms(norms: torch.Tensor, levels: int) -> None:
+    """fp32 QSGD norms: finite, >= 0, and small enough that every value their buckets can
+    expand to is finite: fl32(fl32(norm / s) * s), by Message.expand's arithmetic. O(buckets)."""
+    _finite(norms, "QSGD norms")
+    require(bool((norms >= 0).all()), Reason.BAD_PARAMETER, "QSGD norms must be >= 0")
+    over = ~torch.isfinite(qsgd_reach(norms, levels))
+    if bool(over.any()):
+        b = int(over.nonzero()[0])
+        raise WireError(Reason.BAD_PARAMETER, f"QSGD norm {float(norms[b])!r} of bucket {b} expands to inf: "
+                                              f"(norm / {levels}) * {levels} overflows fp32")
+
+
 def _check_scales(scales: torch.Tensor, bits: int) -> None:
-    """Scales must be > 0, and small enough that (q - zero_point) * scale stays finite in fp32."""
+    """fp64 affine scales: finite, > 0, and small enough that every value a code can stand
+    for is finite: fl32(fl32(scale) * (2^bits - 1)), by Message.expand's arithmetic (the
+    scale rounded to fp32 first). O(tensors)."""
+    _finite(scales, "affine scales")
     require(bool((scales > 0).all()), Reason.BAD_PARAMETER, "affine scales must be > 0")
-    limit = torch.finfo(torch.float32).max / ((1 << bits) - 1)
-    require(bool((scales <= limit).all()), Reason.BAD_PARAMETER, f"affine scale above {limit:.3g} overflows fp32")
+    over = ~torch.isfinite(affine_reach(scales, bits))
+    if bool(over.any()):
+        t = int(over.nonzero()[0])
+        raise WireError(Reason.BAD_PARAMETER, f"affine scale {float(scales[t])!r} of quantized tensor {t} expands "
+                                              f"to inf: fp32(scale) * {(1 << bits) - 1} overflows fp32")
 
 
 def _affine_counts(vlayout: Layout, quantize_1d: bool) -> tuple[int, int]:
+    """(values quantized, tensors quantized). The tensor count is the same in the layout
+    and in every value layout made from it (`value_layout` keeps each tensor's 1-D/N-D kind)."""
     quantized = [e.numel for e in vlayout if affine_quantized(e.ndim, quantize_1d)]
     return sum(quantized), len(quantized)
 
@@ -182,7 +205,13 @@ def section_lengths(buf: bytes) -> list[int]:
 
 
 def decode(buf: bytes | bytearray | memoryview, layout: Layout) -> Message:
-    """Strict inverse of `encode`. Anything malformed raises WireError with its reason."""
+    """Strict inverse of `encode`. Anything malformed raises WireError with its reason, and
+    so does a valid message in other bytes than `encode` writes (NOT_CANONICAL).
+
+    Cost: every length and count check comes before the work it guards, and the work is
+    O(len(buf)) time and memory, except what the message itself stands for: a QSGD-Elias
+    frame's n <= d symbols (2 bytes each, however few are nonzero), and a seeded affine
+    frame's index set (torch.randperm(d): O(d) time, 8d bytes), regenerated last."""
     buf = memoryview(bytes(buf)) if not isinstance(buf, bytes) else memoryview(buf)
     size = len(buf)
     require(size >= 4, Reason.TRUNCATED, f"{size} bytes is shorter than the magic")
@@ -213,25 +242,34 @@ def decode(buf: bytes | bytearray | memoryview, layout: Layout) -> Message:
         sections.append(buf[at : at + length])
         at += length
 
-    indices = seed = coords = None
+    indices = seed = None
     if selection == SEL_ALL:
         require(n == d, Reason.COUNT_MISMATCH, f"a dense message carries d={d} values, header says {n}")
+        vlayout = layout
     elif selection == SEL_INDEXED:
-        indices = coords = torch.from_numpy(decode_indices(sections.pop(0), d, n))
+        indices = torch.from_numpy(decode_indices(sections.pop(0), d, n))
+        vlayout = value_layout(layout, indices)
     else:
         seed_section = sections.pop(0)
         require(len(seed_section) == U64.size, Reason.LENGTH_MISMATCH, "the seed section is 8 bytes")
         seed = U64.unpack(seed_section)[0]
-        coords = None  # regenerated only when the values need a layout (affine)
-    vlayout_coords = coords if seed is None else _seeded(seed, d, n, kind)
-    values = _decode_values(kind, sections, n, value_layout(layout, vlayout_coords))
+        vlayout = None  # the coordinates cost O(d) to regenerate: only affine needs them, and only last
+    values = _decode_values(kind, sections, n, layout, vlayout)
+    if seed is not None and kind == VAL_AFFINE:
+        _check_seeded_split(values, layout, seed, d, n)
     return Message(d=d, values=values, indices=indices, seed=seed)
 
 
-def _seeded(seed: int, d: int, n: int, kind: int):
-    # Only per-tensor values (affine) need the coordinates to decode; others defer the
-    # O(d) regeneration to Message.expand.
-    return seeded_indices(seed, d, n) if kind == VAL_AFFINE else None
+def _check_seeded_split(values: Affine, layout: Layout, seed: int, d: int, n: int) -> None:
+    """A seeded affine frame's codes/raw split was read from its section lengths; it must be
+    the split of the coordinates the seed stands for. Regenerating them (torch.randperm(d):
+    O(d) time, 8d bytes) is the one cost not bounded by the frame's length, so it comes
+    after every other check has passed."""
+    vlayout = value_layout(layout, seeded_indices(seed, d, n))
+    n_q = _affine_counts(vlayout, values.quantize_1d)[0]
+    require(values.codes.numel() == n_q, Reason.LENGTH_MISMATCH,
+            f"affine codes/raw sections hold {values.codes.numel()}/{values.raw.numel()} values, the seeded "
+            f"coordinates need {n_q}/{n - n_q}")
 
 
 def _array(section, dtype: str, count: int, what: str) -> np.ndarray:
@@ -241,7 +279,10 @@ def _array(section, dtype: str, count: int, what: str) -> np.ndarray:
     return np.frombuffer(section, dtype=dtype).copy()
 
 
-def _decode_values(kind: int, sections: list, n: int, vlayout: Layout):
+def _decode_values(kind: int, sections: list, n: int, layout: Layout, vlayout: Layout | None):
+    """The values, every check done. `vlayout` is the values' layout, or None for seeded
+    coordinates not regenerated yet (then affine takes its codes/raw split from the
+    section lengths and the caller checks it against the coordinates afterwards)."""
     if kind in _KIND_FLOAT:
         arr = torch.from_numpy(_array(sections[0], _NUMPY_OF[kind], n, "values"))
         data = arr.view(torch.bfloat16) if kind == VAL_BF16 else arr.to(_KIND_FLOAT[kind])
@@ -255,12 +296,11 @@ def _decode_values(kind: int, sections: list, n: int, vlayout: Layout):
         require(1 <= s <= MAX_LEVELS and 1 <= bucket <= max(n, 1), Reason.BAD_PARAMETER,
                 f"levels={s}, bucket={bucket} for {n} values")
         norms = torch.from_numpy(_array(sections[1], "<f4", -(-n // bucket), "QSGD norms"))
-        _finite(norms, "QSGD norms")
-        require(bool((norms >= 0).all()), Reason.BAD_PARAMETER, "QSGD norms must be >= 0")
+        _check_norms(norms, s)
         if kind == VAL_QSGD:
-            codes = unpack_fixed(sections[2], n, (2 * s).bit_length()).astype(np.int64)
+            codes = unpack_fixed(sections[2], n, (2 * s).bit_length())
             require(codes.size == 0 or int(codes.max()) <= 2 * s, Reason.SYMBOL_OUT_OF_RANGE, f"code > {2 * s}")
-            sym = codes - s
+            sym = (codes.astype(np.int32) - s).astype(np.int16)
         else:
             (m,) = rest
             require(m <= n, Reason.COUNT_MISMATCH, f"{m} nonzero symbols of {n}")
@@ -268,25 +308,33 @@ def _decode_values(kind: int, sections: list, n: int, vlayout: Layout):
             require(len(sections[3]) == nbytes_for(m), Reason.LENGTH_MISMATCH, "QSGD sign bits")
             sign_bits = np.unpackbits(np.frombuffer(sections[3], dtype=np.uint8), bitorder="little")
             require(not sign_bits[m:].any(), Reason.BAD_PADDING, "sign bits after the last symbol")
-            mag = gamma_decode(sections[4], sections[5], m).astype(np.int64)
+            mag = gamma_decode(sections[4], sections[5], m)
             require(m == 0 or int(mag.max()) <= s, Reason.SYMBOL_OUT_OF_RANGE, f"level > {s}")
-            sym = np.zeros(n, dtype=np.int64)
-            sym[nz] = np.where(sign_bits[:m] == 1, -mag, mag)
-        symbols = torch.from_numpy(sym.astype(np.int16))
-        return QSGD(symbols, norms, levels=s, bucket=bucket, elias=kind == VAL_QSGD_ELIAS)
+            # The one allocation not bounded by the frame's length: n symbols, 2 bytes each,
+            # most of them 0 (m = 0 of n takes a few bytes). n <= d, the receiver's own size.
+            sym = np.zeros(n, dtype=np.int16)
+            mag16 = mag.astype(np.int16)
+            sym[nz] = np.where(sign_bits[:m] == 1, -mag16, mag16)
+        return QSGD(torch.from_numpy(sym), norms, levels=s, bucket=bucket, elias=kind == VAL_QSGD_ELIAS)
     # VAL_AFFINE
     require(len(sections[0]) == AFFINE_PARAMS.size, Reason.LENGTH_MISMATCH, "affine parameter section")
     bits, flags = AFFINE_PARAMS.unpack(sections[0])
     require(1 <= bits <= 8, Reason.BAD_PARAMETER, f"affine bits={bits}, allowed 1..8")
     require(flags in (0, 1), Reason.BAD_RESERVED, f"affine flags {flags}")
     quantize_1d = bool(flags)
-    n_q, t_q = _affine_counts(vlayout, quantize_1d)
+    t_q = _affine_counts(layout, quantize_1d)[1]  # the same in every value layout
     scales = torch.from_numpy(_array(sections[1], "<f8", t_q, "affine scales"))
-    _finite(scales, "affine scales")
     _check_scales(scales, bits)
     zp = torch.from_numpy(_array(sections[2], "<i4", t_q, "affine zero points"))
     qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     require(bool(((zp >= qmin) & (zp <= qmax)).all()), Reason.BAD_PARAMETER, "affine zero point out of range")
+    if vlayout is not None:
+        n_q = _affine_counts(vlayout, quantize_1d)[0]
+    else:  # seeded: n_q from the section lengths now, checked against the coordinates last
+        raw_bytes = len(sections[4])
+        require(raw_bytes % 4 == 0 and raw_bytes // 4 <= n, Reason.LENGTH_MISMATCH,
+                f"affine raw values: {raw_bytes} bytes is not a whole number of at most {n} fp32 values")
+        n_q = n - raw_bytes // 4
     codes = torch.from_numpy(unpack_fixed(sections[3], n_q, bits).astype(np.uint8))
     raw = torch.from_numpy(_array(sections[4], "<f4", n - n_q, "affine raw values"))
     _finite(raw, "affine raw values")

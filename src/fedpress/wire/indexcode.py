@@ -1,7 +1,9 @@
 """Index sets: which k of d coordinates a sparse message carries, in as few bits as possible.
 
 The encoder computes the exact size of four codings and writes the smallest, behind a
-one-byte tag (low 3 bits: the method; high 5 bits: its parameter):
+one-byte tag (low 3 bits: the method; high 5 bits: its parameter); ties go to the smaller
+(method, parameter). The decoder accepts only that coding (NOT_CANONICAL otherwise), so
+the bytes of an index set are a function of the set:
 
   RAW32   k little-endian uint32                                  4k bytes
   BITMAP  d bits, bit j set when coordinate j is kept             ceil(d/8) bytes
@@ -53,11 +55,16 @@ def _sizes(idx: np.ndarray, d: int) -> dict[tuple[int, int], int]:
     return sizes
 
 
+def _smallest(sizes: dict[tuple[int, int], int]) -> tuple[int, int]:
+    """The (method, parameter) the encoder writes: the smallest body, ties to the smaller
+    (method, parameter). Deterministic, so the decoder can hold a frame to it."""
+    return min(sizes, key=lambda key: (sizes[key], key))
+
+
 def encode_indices(idx: np.ndarray, d: int) -> bytes:
     """Tag byte + body for a strictly increasing int64 array of coordinates in [0, d)."""
     idx = np.asarray(idx, dtype=np.int64)
-    sizes = _sizes(idx, d)
-    method, param = min(sizes, key=lambda key: (sizes[key], key))
+    method, param = _smallest(_sizes(idx, d))
     tag = bytes([method | (param << 3)])
     if method == RAW32:
         return tag + idx.astype("<u4").tobytes()
@@ -79,12 +86,26 @@ def index_method(section: bytes) -> str:
 
 
 def decode_indices(section: bytes | memoryview, d: int, k: int) -> np.ndarray:
-    """Strict inverse of encode_indices: k strictly increasing int64 coordinates in [0, d)."""
+    """Strict inverse of encode_indices: k strictly increasing int64 coordinates in [0, d),
+    coded exactly as encode_indices codes them (else NOT_CANONICAL).
+
+    Cost: every length and count check comes before the work, which is then bounded by
+    the section's length (a bitmap section is d/8 bytes long)."""
     section = memoryview(section)
     require(len(section) >= 1, Reason.TRUNCATED, "index section has no tag byte")
     require(k <= d, Reason.COUNT_MISMATCH, f"{k} indices cannot fit in {d} coordinates")
     method, param = section[0] & 7, section[0] >> 3
-    body = section[1:]
+    idx = _decode_body(method, param, section[1:], d, k)
+    sizes = _sizes(idx, d)  # O(k), as the decoding was
+    chosen = _smallest(sizes)
+    if chosen != (method, param):
+        raise WireError(Reason.NOT_CANONICAL, f"{k} of {d} indices coded {METHOD_NAMES[method]}({param}) in "
+                        f"{len(section) - 1} bytes; the encoder writes {METHOD_NAMES[chosen[0]]}({chosen[1]}) "
+                        f"in {sizes[chosen]}")
+    return idx
+
+
+def _decode_body(method: int, param: int, body: memoryview, d: int, k: int) -> np.ndarray:
     if method == RAW32:
         require(param == 0, Reason.BAD_PARAMETER, "raw32 index coding takes no parameter")
         require(len(body) == 4 * k, Reason.LENGTH_MISMATCH, f"raw32: {k} indices need {4 * k} bytes, got {len(body)}")

@@ -49,8 +49,20 @@ class QSGD:
         return self.symbols.numel()
 
     def dequantize(self, value_layout: Layout) -> torch.Tensor:
-        step = (self.norms / self.levels)[torch.arange(self.n) // self.bucket]  # (n,) norm of its bucket / s
+        step = qsgd_step(self.norms, self.levels)[torch.arange(self.n) // self.bucket]  # (n,) norm of its bucket / s
         return step * self.symbols.to(torch.float32)
+
+
+def qsgd_step(norms: torch.Tensor, levels: int) -> torch.Tensor:
+    """The value of one level in each bucket, fp32, exactly as `QSGD.dequantize` computes it."""
+    return norms / levels
+
+
+def qsgd_reach(norms: torch.Tensor, levels: int) -> torch.Tensor:
+    """The largest |value| each bucket can expand to: fl32(fl32(norm / s) * s), the symbol
+    at ±s, by `QSGD.dequantize`'s own arithmetic. Values grow with |symbol| (and with the
+    norm), so the bucket expands to finite values for every symbol iff this is finite."""
+    return qsgd_step(norms, levels) * float(levels)
 
 
 def affine_quantized(entry_ndim: int, quantize_1d: bool) -> bool:
@@ -75,18 +87,31 @@ class Affine:
 
     def dequantize(self, value_layout: Layout) -> torch.Tensor:
         qmin = -(1 << (self.bits - 1))
+        scales = affine_scale32(self.scales)  # (T_q,)
         out = torch.empty(value_layout.numel, dtype=torch.float32)
         q_at = raw_at = t = 0
         for e in value_layout:
             if affine_quantized(e.ndim, self.quantize_1d):
                 codes = self.codes[q_at : q_at + e.numel].to(torch.int32) + qmin
-                scale = self.scales[t].to(torch.float32)
+                scale = scales[t]
                 out[e.offset : e.stop] = (codes - self.zero_points[t]).to(torch.float32) * scale
                 q_at, t = q_at + e.numel, t + 1
             else:
                 out[e.offset : e.stop] = self.raw[raw_at : raw_at + e.numel]
                 raw_at += e.numel
         return out
+
+
+def affine_scale32(scales: torch.Tensor) -> torch.Tensor:
+    """The fp64 scales as `Affine.dequantize` multiplies with them: rounded to fp32."""
+    return scales.to(torch.float32)
+
+
+def affine_reach(scales: torch.Tensor, bits: int) -> torch.Tensor:
+    """The largest |value| each quantized tensor can expand to: fl32(fl32(scale) * (2^bits - 1)),
+    since |code + qmin - zero_point| <= 2^bits - 1 for every code and zero point in range.
+    Finite iff every value the tensor's codes can stand for is finite."""
+    return affine_scale32(scales) * float((1 << bits) - 1)
 
 
 Values = Dense | QSGD | Affine
