@@ -31,7 +31,7 @@ from fedpress.algorithms.registry import REGISTRY, resolve_params
 from fedpress.errors import ConfigError
 
 LR_SCHEDULES = ("constant", "exponential", "step", "cosine")
-EXECUTORS = ("sequential",)  # runtime.executor.EXECUTORS
+EXECUTORS = ("sequential", "threads", "processes", "vmap", "auto")  # runtime.executor.EXECUTORS
 ARRIVALS = ("concurrency", "rate")
 DURATIONS = ("half_normal", "exponential", "constant")
 STALENESS = ("constant", "polynomial", "hinge")
@@ -123,7 +123,8 @@ class Config:
     clients_per_round: int = 10
     eval_every: int = 5
     checkpoint_every: int = 10
-    executor: str = "sequential"
+    executor: str = "sequential"  # how a batch of local trainings runs: see runtime/executor.py
+    workers: int = 0  # threads or processes of the threads/processes executors (0: the cores)
     device: str = "cpu"  # where local training and evaluation run: "cpu", "auto", "cuda", "cuda:N", "mps"
     round_timeout: float = 0.0  # Flower: seconds a round waits for replies; the rest are lost (0: no limit)
     data: DataConfig = field(default_factory=DataConfig)
@@ -200,6 +201,7 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     _require(cfg.eval_every >= 1, f"eval_every = {cfg.eval_every} must be >= 1")
     _require(cfg.checkpoint_every >= 0, "checkpoint_every must be >= 0 (0: no checkpoints)")
     _require(cfg.executor in EXECUTORS, f"executor = {cfg.executor!r}; allowed: {list(EXECUTORS)}")
+    _require(cfg.workers >= 0, f"workers = {cfg.workers} must be >= 0 (0: the cores)")
     _require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device) is not None,
              f"device = {cfg.device!r}; allowed: \"auto\", \"cpu\", \"cuda\", \"cuda:N\", \"mps\"")
     _require(cfg.round_timeout >= 0 and math.isfinite(cfg.round_timeout),

@@ -31,8 +31,9 @@ def client_state(exp: Experiment, context: Context) -> Any:
 
 
 def turn_of(exp: Experiment, context: Context, turn: Turn):
-    """The node's turn through the config's executor; its new state kept in Context.state."""
-    [(reply, new_state)] = client_turns(exp, [turn], EXECUTORS[exp.config.executor]())
+    """The node's turn through the sequential executor (a node trains its one client; the
+    federation's parallelism is Flower's nodes); its new state kept in Context.state."""
+    [(reply, new_state)] = client_turns(exp, [turn], EXECUTORS["sequential"].of(exp))
     if new_state is not None:
         save_state(context, new_state)
     return reply

@@ -1,18 +1,40 @@
 """Executors run the local training of a batch of clients.
 
 A runtime hands an executor a list of jobs (a LocalPlan, the client's data, its generator)
-and the round's TrainSpec, and gets LocalResults back in the same order. `Sequential` runs
-them one by one on the spec's device. Because a plan is data (it pickles and stacks) and
-`local.train` is a pure function of (plan, data, generator), a parallel, multi-process or
-vectorized executor implements the same `run` and gives the same results.
+and the round's TrainSpec, and gets LocalResults back in the same order. Because a plan is
+data (it pickles and stacks) and `local.train` is a pure function of (plan, data,
+generator), every executor gives the sequential results; how exactly:
+
+    sequential   one client after another, with the process's torch threads
+    threads      N workers, each client trained with one torch thread, each worker with its
+                 own copy of the module (local training binds tensors into the module, which
+                 two threads must not share): bit for bit the sequential run with one torch
+                 thread
+    processes    a pool of N worker processes started once per run and kept warm, the
+                 training set shared with them once (shared memory); a job crosses as
+                 (plan, sample indices, generator state), a result as a LocalResult: bit for
+                 bit the sequential run with one torch thread
+    vmap         the clients at once with torch.func over stacked parameters
+                 (`runtime/vmap.py`): equal to sequential within a stated float tolerance
+    auto         vmap on a GPU when the model stacks, else threads with more than one core
+                 and more than one client, else sequential
+
+`make_executor(exp)` builds the config's (`executor`, `workers`); an executor is closed
+when its run ends (`close`, or `with`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
+from torch import nn
 
 from fedpress.local import FlatModel, LocalPlan, LocalResult, TrainSpec, train
 
@@ -23,15 +45,182 @@ class Job:
     inputs: torch.Tensor  # (n_i, ...) the client's samples
     targets: torch.Tensor  # (n_i,)
     rng: torch.Generator
+    indices: torch.Tensor | None = None  # (n_i,) the samples' rows in the training set (a process pool's way)
 
 
 class Executor(Protocol):
     def run(self, model: FlatModel, jobs: list[Job], spec: TrainSpec) -> list[LocalResult]: ...
 
+    def close(self) -> None: ...
+
+
+def cores() -> int:
+    """The cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+_told: set[str] = set()
+
+
+def notice(text: str) -> None:
+    """A one-line notice on stderr, once per process."""
+    if text not in _told:
+        _told.add(text)
+        print(f"fedpress: {text}", file=sys.stderr)
+
+
+def draws_randomness(module: nn.Module) -> bool:
+    """Whether the module draws from torch's global generator while it trains (dropout):
+    such a model cannot train in two threads at once, since the generator is the process's."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules())
+
 
 class Sequential:
+    """One client after another, with the process's torch threads."""
+
+    @classmethod
+    def of(cls, exp) -> Sequential:
+        return cls()
+
     def run(self, model: FlatModel, jobs: list[Job], spec: TrainSpec) -> list[LocalResult]:
         return [train(model, job.plan, job.inputs, job.targets, spec, job.rng) for job in jobs]
 
+    def close(self) -> None:
+        pass
 
-EXECUTORS = {"sequential": Sequential}
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class one_thread:
+    """torch's intra-op threads set to 1 for the block (process-wide; restored after)."""
+
+    def __enter__(self):
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc) -> None:
+        torch.set_num_threads(self.before)
+
+
+class Threads(Sequential):
+    """N worker threads, each training one client at a time with one torch thread and its
+    own copy of the module. A model that draws randomness (dropout) trains sequentially,
+    with one torch thread, after a one-line notice: its draws come from the process's
+    generator, which two threads cannot share."""
+
+    def __init__(self, workers: int = 0):
+        self.workers = workers or cores()
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fedpress-train")
+        self.local = threading.local()
+
+    @classmethod
+    def of(cls, exp) -> Threads:
+        return cls(exp.config.workers)
+
+    def model(self, model: FlatModel) -> FlatModel:
+        """This thread's copy of the model (made once per thread and module)."""
+        copies = getattr(self.local, "copies", None)
+        if copies is None:
+            copies = self.local.copies = {}
+        if id(model.module) not in copies:
+            copies[id(model.module)] = (model.module, replace(model, module=copy.deepcopy(model.module)))
+        return copies[id(model.module)][1]
+
+    def run(self, model: FlatModel, jobs: list[Job], spec: TrainSpec) -> list[LocalResult]:
+        with one_thread():
+            if len(jobs) < 2 or self.workers < 2:
+                return super().run(model, jobs, spec)
+            if draws_randomness(model.module):
+                notice("executor = threads: the model draws randomness (dropout) from the process's generator; "
+                       "its clients train one after another")
+                return super().run(model, jobs, spec)
+
+            def one(job: Job) -> LocalResult:
+                return train(self.model(model), job.plan, job.inputs, job.targets, spec, job.rng)
+
+            # `train` forks torch's global generator around each client; two threads doing
+            # that interleave, so the process's generator is forked once more around them all
+            with torch.random.fork_rng(devices=[]):
+                return list(self.pool.map(one, jobs))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------------------- processes
+
+_worker: dict = {}  # in a worker process: its model, the shared training set
+
+
+def _start_worker(module: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor) -> None:
+    torch.set_num_threads(1)
+    _worker.update(model=FlatModel.of(module), x=x_train, y=y_train)
+    # pay the first-use costs of autograd and the kernels once, at the start of the pool
+    x0 = _worker["model"].initial().detach()
+    train(_worker["model"], LocalPlan(x0, steps=1), x_train[:2], y_train[:2], TrainSpec(batch_size=2),
+          torch.Generator().manual_seed(0))
+
+
+def _train_in_worker(plan: LocalPlan, indices: torch.Tensor, rng_state: torch.Tensor,
+                     spec: TrainSpec) -> LocalResult:
+    rng = torch.Generator()
+    rng.set_state(rng_state)
+    x, y = _worker["x"], _worker["y"]
+    return train(_worker["model"], plan, x[indices], y[indices], spec, rng)
+
+
+class Processes(Sequential):
+    """A pool of worker processes, started once (its first-use costs paid then) and kept
+    for the run; the training set is put in shared memory and handed to them once. A job
+    crosses as (plan, indices, generator state): no client data is pickled per job."""
+
+    def __init__(self, module: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, workers: int = 0):
+        import torch.multiprocessing as mp
+
+        self.workers = workers or cores()
+        x_train, y_train = x_train.share_memory_(), y_train.share_memory_()
+        context = mp.get_context("spawn")  # a fork of a process with torch's threads running is unsafe
+        self.pool = context.Pool(self.workers, initializer=_start_worker,
+                                 initargs=(copy.deepcopy(module).cpu(), x_train, y_train))
+
+    @classmethod
+    def of(cls, exp) -> Processes:
+        return cls(exp.model.module, exp.dataset.x_train, exp.dataset.y_train, exp.config.workers)
+
+    def run(self, model: FlatModel, jobs: list[Job], spec: TrainSpec) -> list[LocalResult]:
+        if any(job.indices is None for job in jobs):  # jobs made by hand, not from the training set
+            with one_thread():
+                return super().run(model, jobs, spec)
+        tasks = [(job.plan, job.indices, job.rng.get_state(), spec) for job in jobs]
+        return self.pool.starmap(_train_in_worker, tasks, chunksize=1)
+
+    def close(self) -> None:
+        self.pool.close()
+        self.pool.join()
+
+
+class Auto:
+    """Picks for the device and the model: see the module's table."""
+
+    @classmethod
+    def of(cls, exp) -> Sequential:
+        if exp.device.type == "cuda" and "vmap" in EXECUTORS:
+            return EXECUTORS["vmap"].of(exp)
+        if (exp.config.workers or cores()) > 1 and exp.config.clients_per_round > 1:
+            return Threads.of(exp)
+        return Sequential.of(exp)
+
+
+EXECUTORS: dict[str, type] = {"sequential": Sequential, "threads": Threads, "processes": Processes, "auto": Auto}
+
+
+def make_executor(exp) -> Executor:
+    """The config's executor for this experiment (close it when the run ends)."""
+    return EXECUTORS[exp.config.executor].of(exp)

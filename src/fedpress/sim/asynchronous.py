@@ -32,6 +32,7 @@ import heapq
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from fedpress.metrics.ledger import BROADCAST, DOWN, JOIN, Ledger
 from fedpress.rng import derive
 from fedpress.runtime import experiment
 from fedpress.runtime.accept import accept
-from fedpress.runtime.executor import EXECUTORS, Executor
+from fedpress.runtime.executor import Executor, make_executor
 from fedpress.runtime.experiment import Experiment
 from fedpress.runtime.outputs import (
     CUMULATIVE,
@@ -176,6 +177,7 @@ class Engine:
         self.cfg, self.acfg, self.alg = exp.config, exp.config.asynchronous, exp.algorithm
         self.transport = Transport(p.ledger, exp.wire)
         self.speed = speeds(self.acfg, self.cfg.seed, self.cfg.data.num_clients)
+        self.pending: list[Turn] = []  # starts since the last batch went to the executor
         self.busy = torch.zeros(self.cfg.data.num_clients, dtype=torch.bool)
         for f in p.flights:
             self.busy[f.client] = True
@@ -197,6 +199,8 @@ class Engine:
                 self.start_idle()
                 continue
             arrivals += 1
+            if self.p.flights[0].reply is None:  # it started after the last batch: train the batch now
+                self.train_pending()
             if self.arrive(heapq.heappop(self.p.flights)):
                 return self.flush(time.perf_counter() - started)
         raise RuntimeError(
@@ -236,12 +240,28 @@ class Engine:
         if received is None:
             raise RuntimeError(f"{alg.name}: dispatch sent nothing, and the client holds no synced state")
         state = p.clients[client] if client in p.clients else alg.init_client(exp.model.layout)
-        [(reply, state)] = client_turns(exp, [Turn(client, state, received, seq, p.round)], self.executor)
-        if state is not None:
-            p.clients[client] = state
+        # trained with the other starts of this server version, before the first of them arrives
+        self.pending.append(Turn(client, state, received, seq, p.round))
         finish = p.now + duration(self.acfg, cfg.seed, seq, float(self.speed[client]))
-        heapq.heappush(p.flights, Flight(finish, seq, client, p.round, p.now, reply))
+        heapq.heappush(p.flights, Flight(finish, seq, client, p.round, p.now, None))
         self.busy[client] = True
+
+    def train_pending(self) -> None:
+        """The client turns of the starts since the last batch, as one batch through the
+        executor (they all start from this server version); their flights get their uploads.
+        Each turn depends only on its own state, download and generator, so the batch gives
+        what one-at-a-time training gave."""
+        if not self.pending:
+            return
+        p, turns = self.p, self.pending
+        self.pending = []
+        replies = {}
+        for turn, (reply, state) in zip(turns, client_turns(self.exp, turns, self.executor), strict=True):
+            replies[turn.round] = reply  # Turn.round is the start's number
+            if state is not None:
+                p.clients[turn.client] = state
+        # the heap's order is (finish, seq), which the uploads do not change
+        p.flights = [replace(f, reply=replies[f.seq]) if f.reply is None else f for f in p.flights]
 
     def arrive(self, f: Flight) -> bool:
         """One upload arrives: `accept` (the wire, the checks, its staleness), then `take`;
@@ -264,6 +284,8 @@ class Engine:
     def flush(self, wall: float) -> dict:
         """The server step, its broadcast sent eagerly to every joined client (one DOWN entry
         with its number of receivers), whose synced copy moves with it."""
+
+        self.train_pending()  # the starts before this step: every flight holds its upload at a checkpoint
 
         def broadcast(q: Message) -> None:
             arrived = self.transport.send(q, self.p.round, DOWN, BROADCAST, receivers=int(self.p.joined.sum()))
@@ -358,15 +380,16 @@ def run(
     run_dir, p = RunDirectory.open(cfg, out, AsyncProgress, resume=resume, overwrite=overwrite)
     exp = setup(cfg)
     p = p or fresh(exp)
-    engine = Engine(exp, p, executor if executor is not None else EXECUTORS[cfg.executor]())
-    display = Display(cfg, p.round, progress, unit="step", postfix=steps_postfix)
-    while p.round < cfg.rounds:
-        row = engine.step()
-        if on_round_end is not None:  # before the checkpoint, as in rounds.drive
-            on_round_end(row)
-        display.update(p.rows)
-        run_dir.after_row(cfg, p, p.round)
-    display.close()
+    with make_executor(exp) if executor is None else nullcontext(executor) as executor:  # a given one stays open
+        engine = Engine(exp, p, executor)
+        display = Display(cfg, p.round, progress, unit="step", postfix=steps_postfix)
+        while p.round < cfg.rounds:
+            row = engine.step()
+            if on_round_end is not None:  # before the checkpoint, as in rounds.drive
+                on_round_end(row)
+            display.update(p.rows)
+            run_dir.after_row(cfg, p, p.round)
+        display.close()
     return conclude(exp, p, run_dir)
 
 

@@ -27,7 +27,7 @@ from fedpress.config import Config
 from fedpress.metrics.ledger import BROADCAST, DOWN, Ledger
 from fedpress.rng import derive
 from fedpress.runtime.accept import accept
-from fedpress.runtime.executor import EXECUTORS
+from fedpress.runtime.executor import make_executor
 from fedpress.runtime.experiment import Experiment, setup
 from fedpress.runtime.outputs import Display, RunDirectory, close_row, due, evaluate_into, round_row, warn_if_empty
 from fedpress.runtime.rejections import Refusal
@@ -159,8 +159,9 @@ def run(
     run_dir, p = RunDirectory.open(cfg, out, Progress, resume=resume, overwrite=overwrite)
     exp = setup(cfg)
     p = p or fresh(exp)
-    clients = InProcessClients(exp, p.clients, EXECUTORS[cfg.executor]())
-    return drive(exp, p, clients, run_dir, progress=progress, on_round_end=on_round_end)
+    with make_executor(exp) as executor:
+        clients = InProcessClients(exp, p.clients, executor)
+        return drive(exp, p, clients, run_dir, progress=progress, on_round_end=on_round_end)
 
 
 def fresh(exp: Experiment) -> Progress:
