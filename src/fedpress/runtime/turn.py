@@ -21,7 +21,6 @@ from fedpress.runtime.executor import Executor, Job
 from fedpress.runtime.rejections import Rejection
 from fedpress.wire import Reason, WireError
 
-
 # what the encoder refuses because of the values (not a bug): NaN or inf, fp16 overflow, and a
 # QSGD norm or affine scale so large that a value it stands for would expand past fp32's range
 REFUSED_AT_THE_SENDER = (Reason.NON_FINITE, Reason.BAD_PARAMETER)
