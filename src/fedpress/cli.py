@@ -1,6 +1,7 @@
 """The `fedpress` command.
 
-    fedpress run CONFIG.toml [--set dotted.key=value ...] [--out DIR] [--resume | --overwrite] [--engine sim|flower]
+    fedpress run CONFIG.toml [--set dotted.key=value ...] [--out DIR] [--resume | --overwrite]
+                 [--engine sim|flower [--ray-address HOST:PORT]]
     fedpress compare DIR ... [--target-accuracy A] [--plot PATH]
     fedpress datasets list | verify [NAME ...] | fetch NAME ...
     fedpress partition CONFIG.toml [--set ...] [--plot PATH]
@@ -10,6 +11,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
 from pathlib import Path
 
@@ -20,14 +23,28 @@ def _run(args) -> int:
     from fedpress.config import load
     from fedpress.sim import asynchronous, run
 
+    if args.ray_address is not None and args.engine != "flower":
+        print("fedpress: --ray-address needs --engine flower (the simulator does not use Ray)", file=sys.stderr)
+        return 2
     cfg = load(args.config, args.set)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     engine = asynchronous.run if cfg.is_async else run  # fedbuff, qafel, naive: the virtual-clock engine
+    address = None
     if args.engine == "flower":  # asynchronous algorithms too: then on the Grid, in real time
         from fedpress.flower import run_flower  # needs the `flower` extra
 
-        engine = run_flower
-    summary = engine(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+        # an existing Ray cluster: --ray-address, else $RAY_ADDRESS as for any Ray driver; neither: a local Ray
+        address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
+        if address is not None and not args.ray_address:
+            print(f"fedpress: Flower on the Ray cluster at RAY_ADDRESS={address}", file=sys.stderr)
+        engine = functools.partial(run_flower, ray_address=address)
+    try:
+        summary = engine(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    except ConnectionError as e:  # run_flower: nothing listens at the Ray address
+        if address is None:
+            raise
+        print(f"fedpress: {e}", file=sys.stderr)
+        return 2
     mb = (summary["uplink_bytes"] + summary["downlink_bytes"]) / 1e6
     print(f"{cfg.name}: final accuracy {100 * summary['final_accuracy']:.2f}%, "
           f"best {100 * summary['best_accuracy']:.2f}%, sent {mb:,.2f} MB "
@@ -119,6 +136,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--engine", choices=("sim", "flower"), default="sim",
                    help="fedpress's simulator, or Flower's simulation engine (Ray): the same bytes and model")
+    r.add_argument("--ray-address", metavar="ADDRESS",
+                   help="with --engine flower: run the ClientApps on the existing Ray cluster whose head is at "
+                        "ADDRESS (host:port, as `ray start --address` takes; default $RAY_ADDRESS, else a Ray "
+                        "of its own on this machine)")
     r.set_defaults(func=_run)
 
     c = sub.add_parser("compare", help="table and plot of several runs")

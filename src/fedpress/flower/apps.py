@@ -182,27 +182,49 @@ def serve(grid: Grid, exp: Experiment, out: str | Path | None, *, resume: bool =
 
 def run_flower(cfg: Config, out: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
                progress: bool = True, timeout: float | None = None, source: Callable[[], Experiment] | None = None,
-               exp: Experiment | None = None, cpus: int | None = None, mods: Sequence = ()) -> dict[str, Any]:
+               exp: Experiment | None = None, cpus: int | None = None, mods: Sequence = (),
+               ray_address: str | None = None) -> dict[str, Any]:
     """`fedpress run --engine flower`: the config through Flower's simulation engine (Ray),
-    one SuperNode per client, one CPU and one torch thread per ClientApp."""
+    one SuperNode per client, one CPU and one torch thread per ClientApp.
+
+    `ray_address` None: a Ray of its own on this machine, of `cpus` CPUs (default all), even
+    if `RAY_ADDRESS` is set or `ray start` left a cluster here. Otherwise the address of an
+    existing Ray cluster (`host:port` of its head, or anything `ray.init(address=...)` takes):
+    its nodes hold the ClientApps, one per CPU the nodes were started with; this process holds
+    the ServerApp and writes `out`."""
     import logging
 
     from flwr.simulation import run_simulation
 
+    if ray_address is not None and cpus is not None:
+        raise ValueError("run_flower: cpus sizes the Ray it starts itself; on a cluster (ray_address) "
+                         "each node's `ray start --num-cpus` does")
+    if ray_address is None:  # "local": Ray would otherwise attach to $RAY_ADDRESS or the last `ray start` here
+        ray_init = {"address": "local", "num_cpus": cpus or os.cpu_count() or 1}
+    else:  # Ray refuses num_cpus, num_gpus, resources, object_store_memory for an existing cluster
+        ray_init = {"address": ray_address}
+        host, _, port = ray_address.rpartition(":")
+        if host and port.isdigit() and "://" not in ray_address:  # host:port; Ray would retry a dead one ~12 min
+            import socket
+
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+            except OSError as e:
+                raise ConnectionError(f"no Ray head answers at {ray_address} ({e}); see `ray status "
+                                      f"--address={ray_address}` on a node of the cluster") from None
     # the run directory first: a directory that cannot take the run fails before any data is loaded
     RunDirectory.open(cfg, out, AsyncProgress if cfg.is_async else Progress, resume=resume, overwrite=overwrite,
                       write=False)
     exp = setup(cfg) if exp is None else exp
     result: dict = {}
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    cpus = cpus or os.cpu_count() or 1
     run_simulation(
         server_app=server_app(exp, out, resume=resume, overwrite=overwrite, timeout=timeout, progress=progress,
                               result=result),
         client_app=client_app(source or ConfigSource.of(cfg), mods=mods),
         num_supernodes=cfg.data.num_clients,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"num_cpus": cpus, "logging_level": "ERROR", "log_to_driver": False}},
+                        "init_args": {**ray_init, "logging_level": "ERROR", "log_to_driver": False}},
     )
     if "summary" not in result:
         raise RuntimeError("flower: the ServerApp ended without finishing the run (see the log above)")
