@@ -211,14 +211,19 @@ class Auto:
 
     @classmethod
     def of(cls, exp) -> Sequential:
-        if exp.device.type == "cuda" and "vmap" in EXECUTORS:
-            return EXECUTORS["vmap"].of(exp)
+        from fedpress.runtime.vmap import model_reason
+
+        if exp.device.type == "cuda" and model_reason(exp.model, exp.device) is None:
+            return Vectorized.of(exp)  # on a GPU, vectorizing small models keeps the device busy
         if (exp.config.workers or cores()) > 1 and exp.config.clients_per_round > 1:
             return Threads.of(exp)
         return Sequential.of(exp)
 
 
-EXECUTORS: dict[str, type] = {"sequential": Sequential, "threads": Threads, "processes": Processes, "auto": Auto}
+from fedpress.runtime.vmap import Vectorized  # noqa: E402  (it builds on Sequential, Job and notice above)
+
+EXECUTORS: dict[str, type] = {"sequential": Sequential, "threads": Threads, "processes": Processes,
+                              "vmap": Vectorized, "auto": Auto}
 
 
 def make_executor(exp) -> Executor:
