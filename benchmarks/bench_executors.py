@@ -63,8 +63,9 @@ class PeakMemory:
         self.thread.join()
 
 
-def executor_rounds(exp) -> tuple[float, float, float, int]:
-    """(seconds in all, of which starting the executor, final accuracy, peak RSS bytes)."""
+def executor_rounds(exp) -> tuple[float, float, float, float, int]:
+    """(seconds in all, of which starting the executor, seconds of rounds 2.., final
+    accuracy, peak RSS bytes)."""
     p = fresh(exp)
     with PeakMemory() as memory:
         started = time.perf_counter()
@@ -73,7 +74,8 @@ def executor_rounds(exp) -> tuple[float, float, float, int]:
             for t in range(exp.config.rounds):
                 run_round(exp, p, executor, t)
         total = time.perf_counter() - started
-    return total, ready - started, p.rows[-1]["test_accuracy"], memory.peak
+    steady = sum(r["wall_seconds"] for r in p.rows[1:])
+    return total, ready - started, steady, p.rows[-1]["test_accuracy"], memory.peak
 
 
 def main() -> None:
@@ -98,14 +100,16 @@ def main() -> None:
                 exp = setup(from_dict({**raw, "executor": name}))
                 ours[name].append(executor_rounds(exp))
         t_plain = min(plain)
+        per_round_plain = t_plain / args.rounds
         print(f"\n{per_round} clients per round ({updates} client updates); plain loop {t_plain:.2f} s, "
               f"{updates / t_plain:.2f} updates/s")
-        print(f"{'executor':>11} {'seconds':>8} {'start s':>8} {'updates/s':>10} {'vs plain':>9} {'test acc':>9} "
-              f"{'peak RSS':>9}")
+        print(f"{'executor':>11} {'seconds':>8} {'start s':>8} {'updates/s':>10} {'vs plain':>9} "
+              f"{'rounds 2.. vs plain':>20} {'test acc':>9} {'peak RSS':>9}")
         for name, runs in ours.items():
-            total, start, acc, peak = min(runs)
+            total, start, steady, acc, peak = min(runs)
+            steady_ratio = per_round_plain * (args.rounds - 1) / steady
             print(f"{name:>11} {total:>8.2f} {start:>8.2f} {updates / total:>10.2f} {t_plain / total:>8.3f}x "
-                  f"{acc:>9.4f} {peak / 2**20:>7.0f}MB")
+                  f"{steady_ratio:>19.3f}x {acc:>9.4f} {peak / 2**20:>7.0f}MB")
 
 
 if __name__ == "__main__":

@@ -168,12 +168,17 @@ def _start_worker(module: nn.Module, x_train: torch.Tensor, y_train: torch.Tenso
           torch.Generator().manual_seed(0))
 
 
+def _ready() -> bool:
+    return "model" in _worker
+
+
 def _train_in_worker(plan: LocalPlan, indices: torch.Tensor, rng_state: torch.Tensor,
                      spec: TrainSpec) -> LocalResult:
     rng = torch.Generator()
     rng.set_state(rng_state)
-    x, y = _worker["x"], _worker["y"]
-    return train(_worker["model"], plan, x[indices], y[indices], spec, rng)
+    x, y, model = _worker["x"], _worker["y"], _worker["model"]
+    model.module.to(spec.device)  # in place, once: the worker's module trains where the run's does
+    return train(model, plan, x[indices], y[indices], spec, rng)
 
 
 class Processes(Sequential):
@@ -189,6 +194,7 @@ class Processes(Sequential):
         context = mp.get_context("spawn")  # a fork of a process with torch's threads running is unsafe
         self.pool = context.Pool(self.workers, initializer=_start_worker,
                                  initargs=(copy.deepcopy(module).cpu(), x_train, y_train))
+        self.pool.starmap(_ready, [()] * (4 * self.workers), chunksize=1)  # the workers have started
 
     @classmethod
     def of(cls, exp) -> Processes:
