@@ -18,14 +18,6 @@ from tests.sim.conftest import tiny_config
 from tests.sim.test_async import async_config
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def outputs(out):
     def table(name):
         with open(out / name) as f:
