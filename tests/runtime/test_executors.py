@@ -73,7 +73,8 @@ def test_the_virtual_clock_trains_a_server_versions_starts_as_one_batch_and_give
     assert same(outputs(tmp_path / "one"), outputs(tmp_path / name))
 
 
-def test_a_model_with_dropout_trains_one_client_at_a_time_in_threads_with_a_notice(capsys, one_thread):
+def test_a_model_with_dropout_trains_one_client_at_a_time_in_threads_with_a_notice(capsys, one_thread, monkeypatch):
+    monkeypatch.setattr(executors, "_told", set())  # the notice is once per process
     torch.manual_seed(0)
     module = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.Dropout(0.5), nn.Linear(32, 4))
     model = FlatModel.of(module)
@@ -106,3 +107,28 @@ def test_executor_and_workers_are_checked():
         tiny_config(executor="gpu")
     with pytest.raises(ConfigError, match="workers = -1 must be >= 0"):
         tiny_config(workers=-1)
+
+
+def test_a_model_that_draws_randomness_in_its_forward_is_found_by_a_probe(capsys, one_thread, monkeypatch):
+    """SimpleConvNet's dropout is a function call, not a layer: the probing forward finds it."""
+    monkeypatch.setattr(executors, "_told", set())  # the notice is once per process
+    from fedpress.models import build_model
+
+    module = build_model("simple_convnet", (1, 8, 8), 4, torch.Generator().manual_seed(1), dropout=0.5)
+    model = FlatModel.of(module)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(6, 32, 1, 8, 8, generator=g), torch.randint(0, 4, (6, 32), generator=g)
+
+    def jobs():
+        return [Job(LocalPlan(model.initial().detach()), x[i], y[i], torch.Generator().manual_seed(i))
+                for i in range(6)]
+
+    spec = TrainSpec(batch_size=8, epochs=2)
+    theirs = Sequential().run(model, jobs(), spec)
+    with Threads(2) as threads:
+        for _ in range(3):
+            ours = threads.run(model, jobs(), spec)
+            assert all(torch.equal(a.x, b.x) for a, b in zip(ours, theirs, strict=True))
+    assert "dropout" in capsys.readouterr().err
+    plain = build_model("simple_convnet", (1, 8, 8), 4, torch.Generator().manual_seed(1), dropout=0.0)
+    assert not executors.draws_randomness(plain, x[0][:2])

@@ -135,6 +135,30 @@ def test_resuming_a_finished_run_with_more_rounds_extends_it_bit_for_bit(synthet
     assert extended["final_accuracy"] == whole["final_accuracy"]
 
 
+def test_extending_a_run_whose_last_round_was_evaluated_only_as_the_last(synthetic, tmp_path):
+    """3 rounds with eval_every = 2 evaluate round 3 because it is the last; 6 rounds do not."""
+    cfg = {"algorithm.name": "topk_ef", "algorithm.ratio": 0.1, "eval_every": 2}
+    whole = run(tiny_config(rounds=6, **cfg), tmp_path / "whole", progress=False)
+    run(tiny_config(rounds=3, **cfg), tmp_path / "extended", progress=False)
+    extended = run(tiny_config(rounds=6, **cfg), tmp_path / "extended", progress=False, resume=True)
+    assert rows(tmp_path / "whole" / "metrics.csv") == rows(tmp_path / "extended" / "metrics.csv")
+    assert extended["best_accuracy"] == whole["best_accuracy"]
+
+
+@pytest.mark.parametrize("bad", [{"device": "cuda:7"}, {"algorithm.name": "scaffnew", "train.momentum": 0.5}])
+def test_a_config_setup_refuses_leaves_the_run_in_the_directory_as_it_was(synthetic, tmp_path, bad):
+    if "device" in bad and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    run(tiny_config(rounds=2), tmp_path, progress=False)
+    before = snapshot(tmp_path)
+    with pytest.raises(ConfigError):
+        run(tiny_config(rounds=2, **bad), tmp_path, progress=False, overwrite=True)
+    assert snapshot(tmp_path) == before
+    with pytest.raises(ConfigError):
+        run(tiny_config(rounds=2, **bad), tmp_path / "fresh", progress=False)
+    assert not (tmp_path / "fresh" / "config.toml").exists()  # a corrected config may run there without --overwrite
+
+
 def test_an_asynchronous_run_extends_too(synthetic, tmp_path):
     whole = asynchronous.run(async_config(rounds=6), tmp_path / "whole", progress=False)
     asynchronous.run(async_config(rounds=4), tmp_path / "extended", progress=False)

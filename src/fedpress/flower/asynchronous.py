@@ -46,7 +46,7 @@ from fedpress.rng import derive
 from fedpress.runtime.accept import accept
 from fedpress.runtime.experiment import Experiment
 from fedpress.runtime.outputs import Display, steps_postfix
-from fedpress.runtime.rejections import Rejection
+from fedpress.runtime.rejections import Rejection, tally
 from fedpress.runtime.transport import Transport, dense_frame_bytes
 from fedpress.runtime.turn import ClientReply, client_context
 from fedpress.sim import asynchronous as engine
@@ -227,8 +227,8 @@ class GridAsync:
                     continue  # expired already
                 since_step += 1
                 if since_step > limit:
-                    raise RuntimeError(f"flower: no server step after {limit} replies; rejections so far: "
-                                       f"{', '.join(sorted(set(p.rejected)))}")
+                    raise RuntimeError(f"flower: no server step after {limit} replies: {p.dropped} dropped as too "
+                                       f"stale, rejected: {tally(p.rejected) or 'none'}")
                 if self.arrive(reply):
                     since_step = 0
                     row = engine.server_step(self.exp, p, time.perf_counter() - step_started, self.broadcast,

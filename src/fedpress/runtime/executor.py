@@ -29,6 +29,7 @@ import copy
 import os
 import sys
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -72,10 +73,31 @@ def notice(text: str) -> None:
         print(f"fedpress: {text}", file=sys.stderr)
 
 
-def draws_randomness(module: nn.Module) -> bool:
-    """Whether the module draws from torch's global generator while it trains (dropout):
-    such a model cannot train in two threads at once, since the generator is the process's."""
-    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules())
+_probed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> whether a forward drew
+
+
+def draws_randomness(module: nn.Module, sample: torch.Tensor | None = None) -> bool:
+    """Whether the module draws from torch's global generator while it trains: dropout
+    layers, and, given a `sample` batch, anything its forward draws in train mode (a
+    functional dropout, say), found by one probing forward whose draws are compared. Such
+    a model cannot train in two threads at once: the generator is the process's."""
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules()):
+        return True
+    if sample is None:
+        return False
+    if module not in _probed:
+        device = next((p.device for p in module.parameters()), torch.device("cpu"))
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+            before = torch.random.get_rng_state(), [torch.cuda.get_rng_state(i) for i in cuda]
+            training = module.training
+            module.train()
+            module(sample.to(device))
+            module.train(training)
+            after = torch.random.get_rng_state(), [torch.cuda.get_rng_state(i) for i in cuda]
+        _probed[module] = not (torch.equal(before[0], after[0])
+                               and all(torch.equal(a, b) for a, b in zip(before[1], after[1], strict=True)))
+    return _probed[module]
 
 
 class Sequential:
@@ -137,7 +159,7 @@ class Threads(Sequential):
         with one_thread():
             if len(jobs) < 2 or self.workers < 2:
                 return super().run(model, jobs, spec)
-            if draws_randomness(model.module):
+            if draws_randomness(model.module, jobs[0].inputs[:2]):
                 notice("executor = threads: the model draws randomness (dropout) from the process's generator; "
                        "its clients train one after another")
                 return super().run(model, jobs, spec)

@@ -140,21 +140,26 @@ class RunDirectory:
         changes nothing (a runtime that builds its experiment before it opens the directory)."""
         run = cls(Path(out) if out is not None else Path("runs") / cfg.name)
         run.check_writable()
-        config_text = dumps(cfg)
         progress = None
         if resume:
-            progress = run.resumable(cfg, config_text, kind)
-        elif (run.path / "config.toml").exists():
-            if not overwrite:
-                raise RunDirectoryError(f"{run.path} holds a run already; --resume continues it, --overwrite "
-                                        f"replaces it, or give another --out")
-            for name in OUTPUTS if write else ():
-                (run.path / name).unlink(missing_ok=True)
+            progress = run.resumable(cfg, dumps(cfg), kind)
+        elif (run.path / "config.toml").exists() and not overwrite:
+            raise RunDirectoryError(f"{run.path} holds a run already; --resume continues it, --overwrite "
+                                    f"replaces it, or give another --out")
         if write:
-            for leftover in [*run.path.glob("checkpoint.pt*.tmp"), *run.path.glob("final.pt*.tmp")]:
-                leftover.unlink()  # a write that a kill cut short; the file it was replacing is intact
-            (run.path / "config.toml").write_text(config_text)
+            run.commit(cfg, fresh=not resume)
         return run, progress
+
+    def commit(self, cfg: Config, fresh: bool) -> None:
+        """Take the directory for the run `open` checked: a fresh run removes what an earlier
+        one left (`--overwrite`), a write a kill cut short is cleared, the config written.
+        A runtime calls this once everything that may refuse the config has run."""
+        if fresh:
+            for name in OUTPUTS:
+                (self.path / name).unlink(missing_ok=True)
+        for leftover in [*self.path.glob("checkpoint.pt*.tmp"), *self.path.glob("final.pt*.tmp")]:
+            leftover.unlink()  # the file it was replacing is intact
+        (self.path / "config.toml").write_text(dumps(cfg))
 
     def check_writable(self) -> None:
         """The directory exists (made if not), can be written, and none of the names fedpress
@@ -196,6 +201,12 @@ class RunDirectory:
             raise RunDirectoryError(f"--resume: the run in {self.path} is finished ({done.round} rounds); nothing "
                                     f"to resume. To extend it, resume with more rounds (--set rounds=N, "
                                     f"N > {done.round})")
+        last = done.rows[-1] if done.rows else None
+        if last is not None and not due(cfg, len(done.rows) - 1):
+            # its last round was evaluated because it was the last; in the longer run it is not
+            last.update(test_accuracy="", test_loss="")
+            for key in ("train_accuracy", "train_objective"):
+                last.pop(key, None)
         return done
 
     def load(self, path: Path, kind: type) -> Any:

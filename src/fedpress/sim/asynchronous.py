@@ -377,8 +377,10 @@ def run(
     directory as `fedpress.sim.run` does, plus the virtual-clock columns; return the summary."""
     if not cfg.is_async:
         raise ConfigError(f"algorithm.name = {cfg.algorithm.name!r} is not asynchronous; run it with fedpress.sim.run")
-    run_dir, p = RunDirectory.open(cfg, out, AsyncProgress, resume=resume, overwrite=overwrite)
+    # the directory is checked first, taken only once setup has accepted the config
+    run_dir, p = RunDirectory.open(cfg, out, AsyncProgress, resume=resume, overwrite=overwrite, write=False)
     exp = setup(cfg)
+    run_dir.commit(cfg, fresh=p is None)
     p = p or fresh(exp)
     with make_executor(exp) if executor is None else nullcontext(executor) as executor:  # a given one stays open
         engine = Engine(exp, p, executor)

@@ -156,8 +156,10 @@ def run(
     """Run a config to the end (or resume it, or extend a finished run to more rounds),
     write the run directory, return the summary. The directory is checked before any data
     is loaded: a run already in it is refused unless `overwrite`."""
-    run_dir, p = RunDirectory.open(cfg, out, Progress, resume=resume, overwrite=overwrite)
+    # the directory is checked first, taken only once setup has accepted the config
+    run_dir, p = RunDirectory.open(cfg, out, Progress, resume=resume, overwrite=overwrite, write=False)
     exp = setup(cfg)
+    run_dir.commit(cfg, fresh=p is None)
     p = p or fresh(exp)
     with make_executor(exp) as executor:
         clients = InProcessClients(exp, p.clients, executor)
