@@ -132,3 +132,18 @@ def test_a_model_that_draws_randomness_in_its_forward_is_found_by_a_probe(capsys
     assert "dropout" in capsys.readouterr().err
     plain = build_model("simple_convnet", (1, 8, 8), 4, torch.Generator().manual_seed(1), dropout=0.0)
     assert not executors.draws_randomness(plain, x[0][:2])
+
+
+def test_auto_trains_a_single_client_with_the_process_threads(synthetic, monkeypatch):
+    """A batch of one (the virtual clock's, often) gains nothing from threads: auto runs it as
+    sequential does, with every torch thread, and a batch of several in threads."""
+    monkeypatch.setattr(executors, "cores", lambda: 2)
+    exp = setup(tiny_config(executor="auto"))
+    seen = []
+    monkeypatch.setattr(executors, "train", lambda *a, **k: seen.append(torch.get_num_threads()) or "r")
+    before = torch.get_num_threads()
+    with executors.make_executor(exp) as auto:
+        job = Job(LocalPlan(exp.x0), exp.dataset.x_train[:8], exp.dataset.y_train[:8], torch.Generator())
+        auto.run(exp.model, [job], TrainSpec())
+        auto.run(exp.model, [job, job, job], TrainSpec())
+    assert seen == [before, 1, 1, 1]

@@ -16,8 +16,9 @@ generator), every executor gives the sequential results; how exactly:
                  bit the sequential run with one torch thread
     vmap         the clients at once with torch.func over stacked parameters
                  (`runtime/vmap.py`): equal to sequential within a stated float tolerance
-    auto         vmap on a GPU when the model stacks, else threads with more than one core
-                 and more than one client, else sequential
+    auto         vmap on a GPU when the model stacks; on several cores, a batch of several
+                 clients in threads and a single client (or a model that draws randomness)
+                 with the process's threads; on one core, sequential
 
 `make_executor(exp)` builds the config's (`executor`, `workers`); an executor is closed
 when its run ends (`close`, or `with`).
@@ -234,8 +235,11 @@ class Processes(Sequential):
         self.pool.join()
 
 
-class Auto:
-    """Picks for the device and the model: see the module's table."""
+class Auto(Threads):
+    """Picks for the device and the model: `vmap` on a GPU when the model stacks; on a CPU
+    with more than one core, a batch of several clients in threads (one torch thread each)
+    and a single client, or a model that draws randomness, with the process's threads (so
+    never slower than sequential); on one core, `sequential`."""
 
     @classmethod
     def of(cls, exp) -> Sequential:
@@ -243,9 +247,14 @@ class Auto:
 
         if exp.device.type == "cuda" and model_reason(exp.model, exp.device) is None:
             return Vectorized.of(exp)  # on a GPU, vectorizing small models keeps the device busy
-        if (exp.config.workers or cores()) > 1 and exp.config.clients_per_round > 1:
-            return Threads.of(exp)
+        if (exp.config.workers or cores()) > 1:
+            return cls(exp.config.workers)
         return Sequential.of(exp)
+
+    def run(self, model: FlatModel, jobs: list[Job], spec: TrainSpec) -> list[LocalResult]:
+        if len(jobs) < 2 or self.workers < 2 or draws_randomness(model.module, jobs[0].inputs[:2]):
+            return Sequential.run(self, model, jobs, spec)
+        return super().run(model, jobs, spec)
 
 
 from fedpress.runtime.vmap import Vectorized  # noqa: E402  (it builds on Sequential, Job and notice above)
