@@ -125,24 +125,17 @@ def test_overwrite_replaces_the_run(synthetic, tmp_path):
     assert summary["rounds"] == 3 and len(rows(tmp_path / "metrics.csv")) == 3
 
 
-def test_resuming_a_finished_run_with_more_rounds_extends_it_bit_for_bit(synthetic, tmp_path):
+# 3 rounds with eval_every = 2 evaluate round 3 only because it is the last; 6 rounds do not
+@pytest.mark.parametrize("first", [4, 3])
+def test_resuming_a_finished_run_with_more_rounds_extends_it_bit_for_bit(synthetic, tmp_path, first):
     cfg = {"algorithm.name": "topk_ef", "algorithm.ratio": 0.1, "eval_every": 2}
     whole = run(tiny_config(rounds=6, **cfg), tmp_path / "whole", progress=False)
-    run(tiny_config(rounds=4, **cfg), tmp_path / "extended", progress=False)
+    run(tiny_config(rounds=first, **cfg), tmp_path / "extended", progress=False)
     extended = run(tiny_config(rounds=6, **cfg), tmp_path / "extended", progress=False, resume=True)
     assert rows(tmp_path / "whole" / "metrics.csv") == rows(tmp_path / "extended" / "metrics.csv")
     assert (tmp_path / "whole" / "ledger.csv").read_text() == (tmp_path / "extended" / "ledger.csv").read_text()
-    assert extended["final_accuracy"] == whole["final_accuracy"]
-
-
-def test_extending_a_run_whose_last_round_was_evaluated_only_as_the_last(synthetic, tmp_path):
-    """3 rounds with eval_every = 2 evaluate round 3 because it is the last; 6 rounds do not."""
-    cfg = {"algorithm.name": "topk_ef", "algorithm.ratio": 0.1, "eval_every": 2}
-    whole = run(tiny_config(rounds=6, **cfg), tmp_path / "whole", progress=False)
-    run(tiny_config(rounds=3, **cfg), tmp_path / "extended", progress=False)
-    extended = run(tiny_config(rounds=6, **cfg), tmp_path / "extended", progress=False, resume=True)
-    assert rows(tmp_path / "whole" / "metrics.csv") == rows(tmp_path / "extended" / "metrics.csv")
-    assert extended["best_accuracy"] == whole["best_accuracy"]
+    assert {k: v for k, v in extended.items() if k != "wall_seconds"} == \
+        {k: v for k, v in whole.items() if k != "wall_seconds"}
 
 
 @pytest.mark.parametrize("bad", [{"device": "cuda:7"}, {"algorithm.name": "scaffnew", "train.momentum": 0.5}])
