@@ -147,3 +147,16 @@ def test_auto_trains_a_single_client_with_the_process_threads(synthetic, monkeyp
         auto.run(exp.model, [job], TrainSpec())
         auto.run(exp.model, [job, job, job], TrainSpec())
     assert seen == [before, 1, 1, 1]
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("sparsyfed", {}),  # Powerprop layers with activation pruning: a module with caches crosses to the workers
+    ("fedcomloc", {"algorithm.variant": "local", "train.momentum": 0.0}),  # a CompressedPoint plan, pickled
+])
+def test_reparameterised_models_and_compressed_points_train_alike_in_every_executor(synthetic, tmp_path, one_thread,
+                                                                                     name, extra):
+    cfg = {"algorithm.name": name, "rounds": 2, **extra}
+    run(tiny_config(**cfg), tmp_path / "sequential", progress=False)
+    for executor in ("threads", "processes"):
+        run(tiny_config(executor=executor, workers=2, **cfg), tmp_path / executor, progress=False)
+        assert same(outputs(tmp_path / "sequential"), outputs(tmp_path / executor)), executor
