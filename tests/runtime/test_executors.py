@@ -2,7 +2,6 @@
 thread per client, as they train), and the virtual clock's batches of starts give what
 one-at-a-time training gave (issue 17)."""
 
-import csv
 
 import pytest
 import torch
@@ -16,15 +15,13 @@ from fedpress.runtime.executor import Job, Sequential, Threads
 from fedpress.sim import asynchronous, run, setup
 from tests.sim.conftest import tiny_config
 from tests.sim.test_async import async_config
+from tests.sim.test_run import rows
 
 
 def outputs(out):
-    def table(name):
-        with open(out / name) as f:
-            return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in csv.DictReader(f)]
-
+    """metrics (without wall times), ledger, and the final model of a run directory."""
     server = state.load(out / "final.pt")["progress"].server
-    return table("metrics.csv"), table("ledger.csv"), server.x if hasattr(server, "x") else server
+    return rows(out / "metrics.csv"), rows(out / "ledger.csv"), server.x
 
 
 def same(a, b):

@@ -6,7 +6,6 @@ dataset with one torch thread, so the reference and the killed runs do the same 
 The kills come at random moments drawn from a seeded generator, and at the moment a
 checkpoint's temporary file appears (the write in progress)."""
 
-import csv
 import json
 import os
 import random
@@ -17,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.sim.test_run import rows
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,12 +83,8 @@ def kill_when(proc, out, rng, mode, span: float = 0.0) -> str:
 
 
 def outputs(out):
-    def table(name):
-        with open(out / name) as f:
-            return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in csv.DictReader(f)]
-
     summary = json.loads((out / "summary.json").read_text())
-    return (table("metrics.csv"), (out / "ledger.csv").read_text(), (out / "density.csv").read_text(),
+    return (rows(out / "metrics.csv"), (out / "ledger.csv").read_text(), (out / "density.csv").read_text(),
             {k: v for k, v in summary.items() if k != "wall_seconds"})
 
 

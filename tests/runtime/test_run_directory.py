@@ -1,7 +1,6 @@
 """Damaged checkpoints, careless commands and rejected updates: refused or reported by
 name, with the run directory left as it was (issue 16, items 5 to 8)."""
 
-import csv
 import json
 import os
 from dataclasses import replace
@@ -17,11 +16,7 @@ from fedpress.runtime import executor as executors
 from fedpress.sim import asynchronous, run
 from tests.sim.conftest import tiny_config
 from tests.sim.test_async import async_config
-
-
-def rows(path):
-    with open(path) as f:
-        return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in csv.DictReader(f)]
+from tests.sim.test_run import rows
 
 
 def snapshot(directory):

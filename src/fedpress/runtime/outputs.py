@@ -217,7 +217,11 @@ class RunDirectory:
 
     def save_checkpoint(self, progress: Any) -> None:
         """The run's progress dataclass as one state tree, written atomically."""
-        state_io.save({"progress": progress}, self.checkpoint)
+        self.save(progress, self.checkpoint)
+
+    def save(self, progress: Any, path: Path) -> None:
+        """The progress dataclass as one state tree (`fedpress.state`), written atomically."""
+        state_io.save({"progress": progress}, path)
 
     def write_metrics(self, rows: list[dict]) -> None:
         """The fixed columns first, then any others (round_metrics, the asynchronous ones), in first-seen order."""
@@ -247,7 +251,7 @@ class RunDirectory:
             writer.writerow(["round", *exp.wire.names])
             writer.writerows([[i + 1, *(f"{v:.6g}" for v in d)] for i, d in enumerate(p.density)])
         # the final state first: a run killed from here on resumes from its checkpoint and ends the same
-        state_io.save({"progress": p}, self.final)
+        self.save(p, self.final)
         summary = summarize(exp, p, diverged_at_round)
         summary.update(extra)
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

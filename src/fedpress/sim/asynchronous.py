@@ -155,11 +155,15 @@ class AsyncProgress:
     arrived: list[Uplink] = field(default_factory=list)
 
 
+def require_async(cfg: Config) -> None:
+    if not cfg.is_async:
+        raise ConfigError(f"algorithm.name = {cfg.algorithm.name!r} is not asynchronous; run it with fedpress.sim.run")
+
+
 def setup(cfg: Config) -> Experiment:
     """`runtime.experiment.setup` (which builds the one-logit model of `model.outputs = 1`), for
     asynchronous configs only."""
-    if not cfg.is_async:
-        raise ConfigError(f"algorithm.name = {cfg.algorithm.name!r} is not asynchronous; run it with fedpress.sim.run")
+    require_async(cfg)
     return experiment.setup(cfg)
 
 
@@ -375,8 +379,7 @@ def run(
 ) -> dict:
     """Run an asynchronous config to `rounds` server steps (or resume it); write the run
     directory as `fedpress.sim.run` does, plus the virtual-clock columns; return the summary."""
-    if not cfg.is_async:
-        raise ConfigError(f"algorithm.name = {cfg.algorithm.name!r} is not asynchronous; run it with fedpress.sim.run")
+    require_async(cfg)  # before the directory is touched
     # the directory is checked first, taken only once setup has accepted the config
     run_dir, p = RunDirectory.open(cfg, out, AsyncProgress, resume=resume, overwrite=overwrite, write=False)
     exp = setup(cfg)

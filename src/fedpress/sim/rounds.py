@@ -190,7 +190,7 @@ def drive(exp: Experiment, p: Progress, clients: Fleet, run_dir: RunDirectory, *
         try:
             row = server_round(exp, p, clients, t)
         except Diverged as e:  # keep what was measured: the outputs end at the last whole round
-            Transport(p.ledger, exp.wire).undo(mark)
+            p.ledger.undo(mark)
             diverged = t + 1
             print(f"fedpress: {e}; writing the {t} rounds before it", file=sys.stderr)
             break
