@@ -10,8 +10,10 @@ import pytest
 
 from fedpress.report import (
     METRICS_COLUMNS,
+    accuracy_curves,
     bytes_to_target,
     compare,
+    compare_figure,
     compare_rows,
     markdown_table,
     plot_compare,
@@ -19,6 +21,8 @@ from fedpress.report import (
     read_metrics,
     read_summary,
     rounds_to_target,
+    run_figures,
+    table_note,
     text_table,
 )
 
@@ -35,6 +39,7 @@ def write_run(
     up,
     down,
     dense_up,
+    dense_down=None,
     clients=10,
     extra=None,
     column_order=None,
@@ -42,12 +47,13 @@ def write_run(
 ):
     """Write metrics.csv + summary.json the way a fedpress run does.
 
-    accuracy: per round, None where not evaluated; up/down/dense_up: bytes per round
-    (down per receiving client; the broadcast itself is down / clients).
+    accuracy: per round, None where not evaluated; up/down/dense_up/dense_down: bytes per round
+    (down per receiving client; the broadcast itself is down / clients; dense_down defaults to 4 * down).
     extra: {column: [cells]} of unknown columns to add.
     """
     run = root / dirname
-    run.mkdir()
+    run.mkdir(parents=True)
+    dense_down = 4 * down if dense_down is None else dense_down
     rows, cum = [], dict.fromkeys(("up", "down", "bc", "dup", "ddown"), 0)
     for r, acc in enumerate(accuracy, start=1):
         bc = down // clients
@@ -55,7 +61,7 @@ def write_run(
         cum["down"] += down
         cum["bc"] += bc
         cum["dup"] += dense_up
-        cum["ddown"] += 4 * down
+        cum["ddown"] += dense_down
         row = {
             "round": r,
             "wall_seconds": 0.25 * r,
@@ -68,7 +74,7 @@ def write_run(
             "downlink_bytes": down,
             "downlink_broadcast_bytes": bc,
             "dense_uplink_bytes": dense_up,
-            "dense_downlink_bytes": 4 * down,
+            "dense_downlink_bytes": dense_down,
             "cum_uplink_bytes": cum["up"],
             "cum_downlink_bytes": cum["down"],
             "cum_downlink_broadcast_bytes": cum["bc"],
@@ -313,19 +319,31 @@ def test_compare_rows_match_hand_computed_values(topk_run, fedavg_run):
     assert topk["uplink_mb"] == 1.5
     assert topk["downlink_mb"] == 6.0
     assert topk["downlink_broadcast_mb"] == 0.6
+    assert topk["total_mb"] == 7.5
+    assert topk["initial_downlink_mb"] is None
+    assert topk["dense_uplink_mb"] == 12.0 and topk["dense_downlink_mb"] == 24.0 and topk["dense_total_mb"] == 36.0
     assert topk["uplink_compression"] == 8.0
+    assert topk["downlink_compression"] == 4.0
+    assert topk["total_compression"] == pytest.approx(36.0 / 7.5)
     assert topk["mb_to_target"] == 5.0 and topk["rounds_to_target"] == 4
     assert topk["uplink_mb_to_target"] == 1.0
+    assert topk["downlink_mb_to_target"] == 4.0
+    assert topk["total_mb_to_target"] == 5.0
     assert topk["rounds"] == 6 and topk["target_accuracy"] == 0.8
+    assert topk["label"] == "mnist-topk"
 
     assert fedavg["final_accuracy"] == 0.75 and fedavg["best_accuracy"] == 0.75
     assert fedavg["uplink_mb"] == pytest.approx(4.938268)
     assert fedavg["downlink_mb"] == 8.0
     assert fedavg["uplink_compression"] == 1.0
     assert fedavg["mb_to_target"] is None and fedavg["rounds_to_target"] is None
+    for which in ("uplink", "downlink", "total"):
+        assert fedavg[f"{which}_mb_to_target"] is None
 
     (row,) = compare_rows(topk_run)
     assert row["target_accuracy"] is None and row["mb_to_target"] is None and row["rounds_to_target"] is None
+    for which in ("uplink", "downlink", "total"):
+        assert row[f"{which}_mb_to_target"] is None
 
 
 def test_compare_rows_fill_nulls_from_metrics(tmp_path):
@@ -338,11 +356,22 @@ def test_compare_rows_fill_nulls_from_metrics(tmp_path):
         up=500_000,
         down=1_000_000,
         dense_up=2_000_000,
-        summary_overrides={"final_accuracy": None, "best_accuracy": None, "uplink_compression": None},
+        summary_overrides={
+            "final_accuracy": None,
+            "best_accuracy": None,
+            "uplink_compression": None,
+            "total_compression": None,
+            "downlink_bytes": None,
+            "dense_downlink_bytes": None,
+        },
     )
     (row,) = compare_rows([run])
     assert row["final_accuracy"] == 0.4 and row["best_accuracy"] == 0.6
     assert row["uplink_compression"] == 4.0
+    # 4 rounds: downlink 4 MB, dense downlink 16 MB (from metrics.csv); uplink 2 MB, dense uplink 8 MB.
+    assert row["downlink_mb"] == 4.0 and row["total_mb"] == 6.0
+    assert row["downlink_compression"] == 4.0
+    assert row["total_compression"] == 24.0 / 6.0
 
 
 def test_compare_rows_needs_runs():
@@ -353,20 +382,27 @@ def test_compare_rows_needs_runs():
 def test_compare_table_contents_and_alignment(topk_run, fedavg_run):
     table = compare([topk_run, fedavg_run], target_accuracy=0.8)
     lines = table.splitlines()
-    assert len(lines) == 4  # header, rule, two runs
-    header, _, topk, fedavg = lines
-    assert "MB to 80%" in header and "Rounds to 80%" in header
+    assert len(lines) == 6  # header, rule, two runs, blank, note
+    header, _, topk, fedavg, blank, note = lines
+    assert blank == "" and note == table_note(compare_rows([topk_run], 0.8))
+    assert "total MB to 80%" in header and "Rounds to 80%" in header
     assert topk.startswith("mnist-topk") and fedavg.startswith("mnist-fedavg")
-    assert topk.split()[1:] == ["topk", "80.00", "85.00", "1.50", "6.00", "8.0x", "5.00", "1.00", "4"]
-    assert fedavg.split()[1:] == ["fedavg", "75.00", "75.00", "4.94", "8.00", "1.0x", "—", "—", "—"]
+    assert topk.split()[1:] == [
+        "topk", "80.00", "85.00", "1.50", "6.00", "7.50", "8.0x", "4.0x", "4.8x", "1.00", "4.00", "5.00", "4",
+    ]  # fmt: skip
+    # fedavg: total x = (4.938268 + 32) / (4.938268 + 8) = 2.85
+    assert fedavg.split()[1:] == [
+        "fedavg", "75.00", "75.00", "4.94", "8.00", "12.94", "1.0x", "4.0x", "2.9x", "—", "—", "—", "—",
+    ]  # fmt: skip
     # Numbers are right-aligned: every row ends at the same column.
     assert len(topk) == len(fedavg) == len(header)
-    assert topk.index("1.50") + 4 == fedavg.index("4.94") + 4 == header.index("MB up") + len("MB up")
+    assert topk.index("1.50") + 4 == fedavg.index("4.94") + 4 == header.index("up MB") + len("up MB")
+    assert topk.index("7.50") + 4 == fedavg.index("12.94") + 5 == header.index("total MB") + len("total MB")
 
 
 def test_compare_without_target_has_no_target_columns(topk_run):
     table = compare(topk_run)
-    assert "MB to" not in table and "Rounds to" not in table
+    assert "MB to" not in table and "Rounds to" not in table and '"to ' not in table
     assert table == text_table(compare_rows([topk_run]))
     assert "1.50" in table and "6.00" in table
 
@@ -375,14 +411,170 @@ def test_markdown_table(tmp_path, topk_run, fedavg_run):
     rows = compare_rows([topk_run, fedavg_run], 0.8)
     md = markdown_table(rows).splitlines()
     assert md[0] == (
-        "| Run | Algorithm | Final acc. (%) | Best acc. (%) | MB up | MB down | Up compression "
-        "| MB to 80% | MB up to 80% | Rounds to 80% |"
+        "| Run | Algorithm | Final acc. (%) | Best acc. (%) | up MB | down MB | total MB | up x | down x | total x "
+        "| up MB to 80% | down MB to 80% | total MB to 80% | Rounds to 80% |"
     )
-    assert md[1] == "|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|"
-    assert md[2] == "| mnist-topk | topk | 80.00 | 85.00 | 1.50 | 6.00 | 8.0x | 5.00 | 1.00 | 4 |"
-    assert md[3] == "| mnist-fedavg | fedavg | 75.00 | 75.00 | 4.94 | 8.00 | 1.0x | — | — | — |"
+    assert md[1] == "|:---|:---|" + "---:|" * 12
+    assert md[2] == (
+        "| mnist-topk | topk | 80.00 | 85.00 | 1.50 | 6.00 | 7.50 | 8.0x | 4.0x | 4.8x | 1.00 | 4.00 | 5.00 | 4 |"
+    )
+    assert md[3] == (
+        "| mnist-fedavg | fedavg | 75.00 | 75.00 | 4.94 | 8.00 | 12.94 | 1.0x | 4.0x | 2.9x | — | — | — | — |"
+    )
+    # The note is separated by a blank line, so that markdown does not read it as a table row.
+    assert md[4] == "" and md[5] == table_note(rows) and "|" not in md[5]
     piped = write_run(tmp_path, "p", name="a|b", algorithm="x", accuracy=[0.5], up=1, down=1, dense_up=1)
     assert "| a\\|b | x |" in markdown_table(compare_rows([piped]))
+
+
+# ------------------------------------------------ uplink, downlink and total shown apart
+
+
+@pytest.fixture
+def sparse_and_dense(tmp_path):
+    """Two runs with the same dense downlink (1 MB per round, fp32) and 100x less uplink in the first.
+
+    sparse: uplink 10_000 B a round (dense 1_000_000), accuracy [-, 0.5, 0.7, 0.9, 0.85]: reaches 0.8
+    first at round 4 (0.9; round 5's 0.85 is later). dense: everything fp32, accuracy
+    [0.6, 0.8, -, 0.95, 0.7]: reaches 0.8 at round 2 (equality counts).
+    """
+    sparse = write_run(
+        tmp_path,
+        "sparse",
+        name="mnist-topk1",
+        algorithm="topk",
+        accuracy=[None, 0.5, 0.7, 0.9, 0.85],
+        up=10_000,
+        dense_up=1_000_000,
+        down=1_000_000,
+        dense_down=1_000_000,
+    )
+    dense = write_run(
+        tmp_path,
+        "dense",
+        name="mnist-fedavg",
+        algorithm="fedavg",
+        accuracy=[0.6, 0.8, None, 0.95, 0.7],
+        up=1_000_000,
+        dense_up=1_000_000,
+        down=1_000_000,
+        dense_down=1_000_000,
+    )
+    return sparse, dense
+
+
+def markdown_cells(md):
+    """{header: [cell per run]} of a markdown_table, and the lines after the table."""
+    lines = md.splitlines()
+    split = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines if line.startswith("|")]
+    header, _, *rows = split
+    columns = {h: [row[i] for row in rows] for i, h in enumerate(header)}
+    return columns, lines[len(split) :]
+
+
+def test_uplink_gain_is_reported_apart_from_an_equal_dense_downlink(sparse_and_dense):
+    sparse, dense = compare_rows(sparse_and_dense, 0.8)
+    assert dense["uplink_mb"] / sparse["uplink_mb"] == pytest.approx(100.0)
+    assert sparse["uplink_mb"] == pytest.approx(0.05) and dense["uplink_mb"] == 5.0
+    assert sparse["downlink_mb"] == dense["downlink_mb"] == 5.0
+    for row in (sparse, dense):
+        assert row["total_mb"] == pytest.approx(row["uplink_mb"] + row["downlink_mb"])
+    # Reduction factors against dense fp32 in each view: the total hides most of the 100x.
+    assert sparse["uplink_compression"] == pytest.approx(100.0)
+    assert sparse["downlink_compression"] == dense["downlink_compression"] == 1.0
+    assert sparse["total_compression"] == pytest.approx(10.0 / 5.05)
+    assert dense["uplink_compression"] == dense["total_compression"] == 1.0
+
+
+def test_to_target_columns_pick_the_first_evaluated_round_reaching_the_target(sparse_and_dense):
+    sparse, dense = compare_rows(sparse_and_dense, 0.8)
+    # sparse: round 4 (0.9), not round 5 (0.85, also >= 0.8).
+    assert sparse["rounds_to_target"] == 4
+    assert sparse["uplink_mb_to_target"] == pytest.approx(0.04)
+    assert sparse["downlink_mb_to_target"] == 4.0
+    assert sparse["total_mb_to_target"] == pytest.approx(4.04) == sparse["mb_to_target"]
+    # dense: round 2 (exactly 0.8), not round 4 (0.95).
+    assert dense["rounds_to_target"] == 2
+    assert dense["uplink_mb_to_target"] == dense["downlink_mb_to_target"] == 2.0
+    assert dense["total_mb_to_target"] == dense["mb_to_target"] == 4.0
+    # Unevaluated rounds never count: 0.7 is first reached at round 3 by sparse, at round 4 (0.95) by dense.
+    sparse, dense = compare_rows(sparse_and_dense, 0.7)
+    assert sparse["rounds_to_target"] == 3 and sparse["downlink_mb_to_target"] == 3.0
+    assert dense["rounds_to_target"] == 2  # 0.8 at round 2 already
+    sparse, dense = compare_rows(sparse_and_dense, 0.9)
+    assert dense["rounds_to_target"] == 4 and dense["uplink_mb_to_target"] == 4.0
+
+
+def test_table_columns_name_each_view_and_the_note_says_what_is_counted(sparse_and_dense):
+    rows = compare_rows(sparse_and_dense, 0.8)
+    columns, after = markdown_cells(markdown_table(rows))
+    assert list(columns) == [
+        "Run", "Algorithm", "Final acc. (%)", "Best acc. (%)",
+        "up MB", "down MB", "total MB", "up x", "down x", "total x",
+        "up MB to 80%", "down MB to 80%", "total MB to 80%", "Rounds to 80%",
+    ]  # fmt: skip
+    assert columns["Run"] == ["mnist-topk1", "mnist-fedavg"]
+    up, down, total = ([float(c) for c in columns[h]] for h in ("up MB", "down MB", "total MB"))
+    assert up[1] / up[0] == pytest.approx(100.0)
+    assert down[0] == down[1] == 5.0
+    assert total == pytest.approx([u + d for u, d in zip(up, down, strict=True)])
+    assert columns["up x"] == ["100.0x", "1.0x"]
+    assert columns["down x"] == ["1.0x", "1.0x"]
+    assert columns["total x"] == ["2.0x", "1.0x"]
+    # Small MB keep significant digits rather than reading 0.00.
+    assert columns["up MB"] == ["0.05", "5.00"]
+    assert columns["up MB to 80%"] == ["0.04", "2.00"]
+    assert columns["down MB to 80%"] == ["4.00", "2.00"]
+    assert columns["total MB to 80%"] == ["4.04", "4.00"]
+    assert columns["Rounds to 80%"] == ["4", "2"]
+
+    assert after[0] == "" and len(after) == 2
+    note = after[1]
+    assert "once per receiving client" in note and "first downloads included" in note
+    assert "1 MB = 10^6 bytes" in note and "total = up + down" in note
+    assert "first evaluated round" in note
+    text = text_table(rows).splitlines()
+    assert text[-1] == note and text[-2] == ""
+    for header in columns:
+        assert header in text[0]
+
+
+def test_factor_and_first_download_columns_only_where_known(tmp_path, sparse_and_dense):
+    sparse, _ = sparse_and_dense
+    joined = write_run(
+        tmp_path,
+        "joined",
+        name="async",
+        algorithm="qafel",
+        accuracy=[0.5],
+        up=100,
+        down=1_000,
+        dense_up=400,
+        summary_overrides={"initial_downlink_bytes": 600},
+    )
+    rows = compare_rows([sparse, joined])
+    assert rows[0]["initial_downlink_mb"] is None and rows[1]["initial_downlink_mb"] == pytest.approx(0.0006)
+    columns, after = markdown_cells(markdown_table(rows))
+    assert columns["first-download MB"] == ["—", "0.0006"]
+    assert list(columns).index("first-download MB") == list(columns).index("down MB") + 1
+    assert "first-download MB" in after[1]
+    # No dense bytes anywhere: no reduction columns rather than a column of dashes.
+    unknown = [dict(r, uplink_compression=None, downlink_compression=None, total_compression=None) for r in rows]
+    columns, _ = markdown_cells(markdown_table(unknown))
+    assert not any(h.endswith(" x") for h in columns)
+    assert "first-download MB" not in markdown_cells(markdown_table(compare_rows([sparse])))[0]
+
+
+def test_runs_sharing_a_name_are_told_apart_by_directory(tmp_path):
+    runs = [
+        write_run(tmp_path / setting, "topk", name="mnist", algorithm="topk", accuracy=[0.5], up=1, down=1, dense_up=1)
+        for setting in ("alpha0.1", "alpha1.0")
+    ]
+    other = write_run(tmp_path, "fedavg", name="fedavg", algorithm="fedavg", accuracy=[0.5], up=1, down=1, dense_up=1)
+    rows = compare_rows([*runs, other])
+    assert [r["label"] for r in rows] == ["mnist [alpha0.1/topk]", "mnist [alpha1.0/topk]", "fedavg"]
+    assert [r["name"] for r in rows] == ["mnist", "mnist", "fedavg"]
+    assert markdown_cells(markdown_table(rows))[0]["Run"] == [r["label"] for r in rows]
 
 
 # ----------------------------------------------------------------------------- plots
@@ -408,8 +600,74 @@ def test_plot_run_without_evaluations_or_summary(tmp_path):
         png_size(p)
 
 
-def test_plot_compare_writes_one_png_with_two_side_by_side_panels(tmp_path, topk_run, fedavg_run):
+def test_plot_compare_writes_one_png_of_the_compare_figure(tmp_path, topk_run, fedavg_run):
     path = plot_compare([topk_run, fedavg_run], tmp_path / "figs" / "compare.png")
     assert path.exists() and path.stat().st_size > 1000
-    width, height = png_size(path)
-    assert width > 2 * height
+    width, height = compare_figure([topk_run, fedavg_run]).get_size_inches() * 120
+    assert png_size(path) == (round(width), round(height))
+    with pytest.raises(ValueError, match="no run directories"):
+        plot_compare([], tmp_path / "empty.png")
+
+
+def test_accuracy_curves_feed_the_panels(sparse_and_dense):
+    sparse, dense = sparse_and_dense
+    curves = accuracy_curves(read_metrics(sparse))
+    np.testing.assert_array_equal(curves["round"], [2, 3, 4, 5])
+    np.testing.assert_allclose(curves["accuracy"], [50, 70, 90, 85])
+    np.testing.assert_allclose(curves["uplink_mb"], [0.02, 0.03, 0.04, 0.05])
+    np.testing.assert_allclose(curves["downlink_mb"], [2, 3, 4, 5])
+    np.testing.assert_allclose(curves["total_mb"], curves["uplink_mb"] + curves["downlink_mb"])
+    dense_up = accuracy_curves(read_metrics(dense))["uplink_mb"]
+    np.testing.assert_allclose(dense_up, [1, 2, 4, 5])
+
+
+def test_compare_figure_has_round_uplink_downlink_and_total_panels(tmp_path, sparse_and_dense):
+    fig = compare_figure(sparse_and_dense)
+    assert len(fig.axes) == 4
+    ax_round, ax_up, ax_down, ax_total = fig.axes
+    assert ax_round.get_xlabel() == "Round" and ax_round.get_xscale() == "linear"
+    for ax, word in ((ax_up, "uplink"), (ax_down, "downlink"), (ax_total, "uplink + downlink")):
+        label = ax.get_xlabel()
+        assert ax.get_xscale() == "log"
+        assert word in label and "all clients" in label and "10⁶ bytes" in label
+        assert "per client" not in label  # a sum over clients, not a per-client figure
+        assert ax.get_ylabel() == "Test accuracy (%)"
+    assert "per receiving client" in ax_down.get_xlabel() and "per receiving client" in ax_total.get_xlabel()
+    # One curve per run in every panel, with the same colour everywhere; x data are the byte views in MB.
+    for ax in fig.axes:
+        assert len(ax.get_lines()) == 2
+        assert [line.get_color() for line in ax.get_lines()] == ["C0", "C1"]
+    np.testing.assert_allclose(ax_up.get_lines()[0].get_xdata(), [0.02, 0.03, 0.04, 0.05])
+    np.testing.assert_allclose(ax_up.get_lines()[1].get_xdata(), [1, 2, 4, 5])
+    np.testing.assert_allclose(ax_down.get_lines()[0].get_xdata(), [2, 3, 4, 5])
+    np.testing.assert_allclose(ax_down.get_lines()[1].get_xdata(), [1, 2, 4, 5])  # same downlink, other rounds
+    np.testing.assert_allclose(ax_total.get_lines()[0].get_xdata(), [2.02, 3.03, 4.04, 5.05])
+    np.testing.assert_allclose(ax_total.get_lines()[1].get_ydata(), [60, 80, 95, 70])
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["mnist-topk1 (topk)", "mnist-fedavg (fedavg)"]
+
+    path = plot_compare(sparse_and_dense, tmp_path / "compare.png")
+    assert path.stat().st_size > 1000
+    png_size(path)
+
+
+def test_compare_figure_legend_tells_same_named_runs_apart_by_directory(tmp_path):
+    runs = [
+        write_run(tmp_path, d, name="mnist", algorithm="topk", accuracy=[0.5, 0.6], up=1, down=1, dense_up=1)
+        for d in ("seed0", "seed1")
+    ]
+    (legend,) = compare_figure(runs).legends
+    assert [t.get_text() for t in legend.get_texts()] == ["mnist (topk) [seed0]", "mnist (topk) [seed1]"]
+
+
+def test_run_figures_bytes_figure_has_uplink_downlink_and_total_panels(topk_run):
+    round_fig, mb_fig = run_figures(topk_run)
+    assert len(round_fig.axes) == 1
+    assert len(mb_fig.axes) == 3
+    up, down, total = mb_fig.axes
+    assert "uplink" in up.get_xlabel() and "downlink" in down.get_xlabel() and "uplink + downlink" in total.get_xlabel()
+    for ax in mb_fig.axes:
+        assert ax.get_xscale() == "log" and "per client" not in ax.get_xlabel()
+    np.testing.assert_allclose(up.get_lines()[0].get_xdata(), [0.5, 1.0, 1.5])
+    np.testing.assert_allclose(down.get_lines()[0].get_xdata(), [2.0, 4.0, 6.0])
+    np.testing.assert_allclose(total.get_lines()[0].get_xdata(), [2.5, 5.0, 7.5])

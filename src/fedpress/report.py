@@ -9,8 +9,10 @@ Conventions:
 * accuracies are fractions in [0, 1] in data (``read_metrics``, ``compare_rows``)
   and percentages only in rendered tables and plot axes;
 * "MB" is 10**6 bytes;
-* "bytes sent" (``which="total"``) is uplink plus downlink counted once per
-  receiving client (``cum_downlink_bytes``), not the multicast view.
+* bytes come in three views, shown side by side in tables and plots so that a
+  large uplink saving is not hidden by a dense downlink: uplink, downlink counted
+  once per receiving client (``cum_downlink_bytes``, first downloads included;
+  not the multicast view) and total (``which="total"``: uplink + downlink).
 
 Plots use matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``),
 so nothing here touches pyplot or the process-wide backend.
@@ -38,8 +40,10 @@ __all__ = [
     "METRICS_FILE",
     "SUMMARY_FILE",
     "MB",
+    "accuracy_curves",
     "bytes_to_target",
     "compare",
+    "compare_figure",
     "compare_rows",
     "markdown_table",
     "plot_compare",
@@ -47,6 +51,8 @@ __all__ = [
     "read_metrics",
     "read_summary",
     "rounds_to_target",
+    "run_figures",
+    "table_note",
     "text_table",
 ]
 
@@ -213,14 +219,16 @@ def bytes_to_target(metrics: Mapping[str, np.ndarray], target: float, which: str
 
     ``which`` is ``"total"`` (uplink + downlink per receiving client),
     ``"uplink"`` or ``"downlink"``. Rounds without an evaluation (NaN accuracy)
-    never count. Returns None when the target is never reached.
+    never count. Returns None when the target is never reached (or that round's
+    byte count is missing).
     """
     if which not in _WHICH:
         raise ValueError(f"which must be one of {', '.join(map(repr, _WHICH))}, got {which!r}")
     i = _first_reached(metrics, target)
     if i is None:
         return None
-    return float(sum(int(metrics[column][i]) for column in _WHICH[which]))
+    values = [_number(metrics[column][i]) for column in _WHICH[which]]
+    return None if None in values else float(sum(values))
 
 
 def rounds_to_target(metrics: Mapping[str, np.ndarray], target: float) -> int | None:
@@ -259,16 +267,67 @@ def _last(metrics: Mapping[str, np.ndarray], column: str) -> float | None:
     return _number(values[-1]) if len(values) else None
 
 
+def _mb(value: float | None) -> float | None:
+    return None if value is None else value / MB
+
+
+def _plus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
+
+
+def _reduction(dense: float | None, real: float | None) -> float | None:
+    """dense / real bytes: how many times fewer bytes than dense fp32; None when unknown or nothing was sent."""
+    return dense / real if dense is not None and real else None
+
+
+def _disambiguate(labels: Sequence[str], dirs: Sequence[Path]) -> list[str]:
+    """``labels`` made unique: a label shared by several runs gets `` [DIR]`` appended, DIR being the
+    shortest trailing part of each run's path that tells those runs apart (the whole path if none does)."""
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    out = list(labels)
+    for label, members in groups.items():
+        if len(members) < 2:
+            continue
+        parts = [Path(dirs[i]).absolute().parts for i in members]
+        suffixes = [str(Path(dirs[i])) for i in members]
+        for depth in range(1, max(len(p) for p in parts) + 1):
+            candidate = [str(Path(*p[-depth:])) for p in parts]
+            if len(set(candidate)) == len(candidate):
+                suffixes = candidate
+                break
+        for i, suffix in zip(members, suffixes, strict=True):
+            out[i] = f"{label} [{suffix}]"
+    return out
+
+
 def compare_rows(run_dirs: PathLike | Iterable[PathLike], target_accuracy: float | None = None) -> list[dict[str, Any]]:
     """One dict per run, the data behind :func:`compare` and :func:`markdown_table`.
 
-    Keys: ``run_dir``, ``name``, ``algorithm``, ``rounds``, ``final_accuracy`` and
-    ``best_accuracy`` (fractions), ``uplink_mb``, ``downlink_mb`` (per receiving
-    client), ``downlink_broadcast_mb``, ``uplink_compression`` (dense / actual
-    uplink bytes), ``target_accuracy``, ``mb_to_target`` (uplink + downlink) and
-    ``uplink_mb_to_target``, ``rounds_to_target``. Missing values are None: the target fields when no
-    target is given or it is never reached. Summary values are used where
-    present; metrics.csv fills in any that are null or absent.
+    Bytes are in MB (10**6 bytes) and come in three views: ``uplink``, ``downlink``
+    (counted once per receiving client, first downloads included) and ``total``
+    (uplink + downlink). Keys:
+
+    * ``run_dir``, ``name``, ``label`` (``name``, with `` [DIR]`` appended when
+      several runs share it), ``algorithm``, ``rounds``;
+    * ``final_accuracy``, ``best_accuracy`` (fractions);
+    * ``uplink_mb``, ``downlink_mb``, ``total_mb``; ``downlink_broadcast_mb``
+      (multicast counted once); ``initial_downlink_mb`` (the part of
+      ``downlink_mb`` that is first downloads; None when the run does not record it);
+    * ``dense_uplink_mb``, ``dense_downlink_mb``, ``dense_total_mb``: the same
+      messages as dense fp32;
+    * ``uplink_compression``, ``downlink_compression``, ``total_compression``:
+      dense / actual bytes in each view;
+    * ``target_accuracy``, ``uplink_mb_to_target``, ``downlink_mb_to_target``,
+      ``total_mb_to_target`` (cumulative MB at the first evaluated round whose
+      accuracy is >= the target), ``mb_to_target`` (the same as
+      ``total_mb_to_target``, its older name), ``rounds_to_target``.
+
+    Missing values are None: the target fields when no target is given or it is
+    never reached, a reduction factor when the dense bytes are unknown or no byte
+    was sent. Summary values are used where present; metrics.csv fills in any
+    that are null or absent.
     """
     dirs = _as_dirs(run_dirs)
     if not dirs:
@@ -288,34 +347,48 @@ def compare_rows(run_dirs: PathLike | Iterable[PathLike], target_accuracy: float
 
         uplink = pick("uplink_bytes", _last(metrics, "cum_uplink_bytes"))
         downlink = pick("downlink_bytes", _last(metrics, "cum_downlink_bytes"))
+        total = _plus(uplink, downlink)
         broadcast = pick("downlink_broadcast_bytes", _last(metrics, "cum_downlink_broadcast_bytes"))
+        initial = _number(summary.get("initial_downlink_bytes"))
         dense_uplink = pick("dense_uplink_bytes", _last(metrics, "cum_dense_uplink_bytes"))
-        ratio = dense_uplink / uplink if dense_uplink is not None and uplink else None
+        dense_downlink = pick("dense_downlink_bytes", _last(metrics, "cum_dense_downlink_bytes"))
+        dense_total = _plus(dense_uplink, dense_downlink)
         rounds = pick("rounds", _last(metrics, "round"))
 
         row: dict[str, Any] = {
             "run_dir": str(run_dir),
             "name": str(summary["name"]),
+            "label": str(summary["name"]),
             "algorithm": str(summary["algorithm"]),
             "rounds": None if rounds is None else int(rounds),
             "final_accuracy": pick("final_accuracy", float(evaluated[-1]) if evaluated.size else None),
             "best_accuracy": pick("best_accuracy", float(evaluated.max()) if evaluated.size else None),
-            "uplink_mb": None if uplink is None else uplink / MB,
-            "downlink_mb": None if downlink is None else downlink / MB,
-            "downlink_broadcast_mb": None if broadcast is None else broadcast / MB,
-            "uplink_compression": pick("uplink_compression", ratio),
+            "uplink_mb": _mb(uplink),
+            "downlink_mb": _mb(downlink),
+            "total_mb": _mb(total),
+            "downlink_broadcast_mb": _mb(broadcast),
+            "initial_downlink_mb": _mb(initial),
+            "dense_uplink_mb": _mb(dense_uplink),
+            "dense_downlink_mb": _mb(dense_downlink),
+            "dense_total_mb": _mb(dense_total),
+            "uplink_compression": pick("uplink_compression", _reduction(dense_uplink, uplink)),
+            "downlink_compression": _reduction(dense_downlink, downlink),
+            "total_compression": pick("total_compression", _reduction(dense_total, total)),
             "target_accuracy": target_accuracy,
-            "mb_to_target": None,
             "uplink_mb_to_target": None,
+            "downlink_mb_to_target": None,
+            "total_mb_to_target": None,
+            "mb_to_target": None,
             "rounds_to_target": None,
         }
         if target_accuracy is not None:
-            total = bytes_to_target(metrics, target_accuracy)
-            row["mb_to_target"] = None if total is None else total / MB
-            up = bytes_to_target(metrics, target_accuracy, "uplink")
-            row["uplink_mb_to_target"] = None if up is None else up / MB
+            for which in _WHICH:
+                row[f"{which}_mb_to_target"] = _mb(bytes_to_target(metrics, target_accuracy, which))
+            row["mb_to_target"] = row["total_mb_to_target"]
             row["rounds_to_target"] = rounds_to_target(metrics, target_accuracy)
         rows.append(row)
+    for row, label in zip(rows, _disambiguate([r["name"] for r in rows], dirs), strict=True):
+        row["label"] = label
     return rows
 
 
@@ -328,6 +401,12 @@ def _fmt(value: Any, spec: str, suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}"
 
 
+def _mb_cell(value: Any) -> str:
+    """MB with two decimals, or three significant digits below 0.1 so that small uplinks do not read 0.00."""
+    number = _number(value)
+    return _fmt(value, ".3g" if number is not None and 0 < abs(number) < 0.1 else ".2f")
+
+
 def _percent(value: Any) -> str:
     value = _number(value)
     return _DASH if value is None else f"{100 * value:.2f}"
@@ -338,32 +417,69 @@ def _integer(value: Any) -> str:
     return _DASH if value is None or math.isinf(value) else str(int(value))
 
 
-def _columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, bool, list[str]]]:
-    """(header, right_aligned, cells) per table column."""
-    columns = [
-        ("Run", False, [str(r["name"]) for r in rows]),
-        ("Algorithm", False, [str(r["algorithm"]) for r in rows]),
-        ("Final acc. (%)", True, [_percent(r["final_accuracy"]) for r in rows]),
-        ("Best acc. (%)", True, [_percent(r["best_accuracy"]) for r in rows]),
-        ("MB up", True, [_fmt(r["uplink_mb"], ".2f") for r in rows]),
-        ("MB down", True, [_fmt(r["downlink_mb"], ".2f") for r in rows]),
-        ("Up compression", True, [_fmt(r["uplink_compression"], ".1f", "x") for r in rows]),
-    ]
+def _row_total_mb(row: Mapping[str, Any]) -> float | None:
+    total = _number(row.get("total_mb"))
+    return _plus(_number(row.get("uplink_mb")), _number(row.get("downlink_mb"))) if total is None else total
+
+
+_VIEWS = (("up", "uplink"), ("down", "downlink"), ("total", "total"))
+
+
+def _target_label(rows: Sequence[Mapping[str, Any]]) -> str | None:
     targets = {r.get("target_accuracy") for r in rows} - {None}
     if len(targets) > 1:
         raise ValueError(f"rows were computed for different target accuracies: {sorted(targets)}")
-    if targets:
-        label = f"{100 * targets.pop():g}%"
-        columns += [
-            (f"MB to {label}", True, [_fmt(r["mb_to_target"], ".2f") for r in rows]),
-            (f"MB up to {label}", True, [_fmt(r.get("uplink_mb_to_target"), ".2f") for r in rows]),
-            (f"Rounds to {label}", True, [_integer(r["rounds_to_target"]) for r in rows]),
-        ]
+    return f"{100 * targets.pop():g}%" if targets else None
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, bool, list[str]]]:
+    """(header, right_aligned, cells) per table column."""
+    target = _target_label(rows)
+    mb = {
+        "uplink": [r.get("uplink_mb") for r in rows],
+        "downlink": [r.get("downlink_mb") for r in rows],
+        "total": [_row_total_mb(r) for r in rows],
+    }
+    columns = [
+        ("Run", False, [str(r.get("label") or r["name"]) for r in rows]),
+        ("Algorithm", False, [str(r["algorithm"]) for r in rows]),
+        ("Final acc. (%)", True, [_percent(r["final_accuracy"]) for r in rows]),
+        ("Best acc. (%)", True, [_percent(r["best_accuracy"]) for r in rows]),
+    ]
+    for short, which in _VIEWS:
+        columns.append((f"{short} MB", True, [_mb_cell(v) for v in mb[which]]))
+        if which == "downlink" and any(_number(r.get("initial_downlink_mb")) is not None for r in rows):
+            columns.append(("first-download MB", True, [_mb_cell(r.get("initial_downlink_mb")) for r in rows]))
+    for short, which in _VIEWS:
+        factors = [r.get(f"{which}_compression") for r in rows]
+        if any(_number(f) is not None for f in factors):  # only where the dense bytes are known
+            columns.append((f"{short} x", True, [_fmt(f, ".1f", "x") for f in factors]))
+    if target is not None:
+        for short, which in _VIEWS:
+            key = f"{which}_mb_to_target"
+            cells = [r.get(key, r.get("mb_to_target") if which == "total" else None) for r in rows]
+            columns.append((f"{short} MB to {target}", True, [_mb_cell(v) for v in cells]))
+        columns.append((f"Rounds to {target}", True, [_integer(r["rounds_to_target"]) for r in rows]))
     return columns
 
 
+def table_note(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The line printed under a comparison table: what its byte columns count."""
+    note = (
+        "up = uplink; down = downlink, counted once per receiving client (first downloads included); "
+        "total = up + down; x = dense fp32 bytes / bytes sent; 1 MB = 10^6 bytes."
+    )
+    if any(_number(r.get("initial_downlink_mb")) is not None for r in rows):
+        note += " first-download MB: the part of down MB that is clients' first download of the model."
+    target = _target_label(rows)
+    if target is not None:
+        note += f' "to {target}": cumulative at the first evaluated round with test accuracy >= {target}.'
+    return note
+
+
 def text_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Render :func:`compare_rows` output as an aligned plain-text table (numbers right-aligned)."""
+    """Render :func:`compare_rows` output as an aligned plain-text table (numbers right-aligned),
+    a blank line and :func:`table_note`."""
     columns = _columns(rows)
     widths = [max(len(header), *(len(c) for c in cells)) for header, _, cells in columns]
 
@@ -376,11 +492,13 @@ def text_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
     lines = [line([header for header, _, _ in columns]), "  ".join("-" * w for w in widths)]
     lines += [line([cells[i] for _, _, cells in columns]) for i in range(len(rows))]
+    lines += ["", table_note(rows)]
     return "\n".join(lines) + "\n"
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Render :func:`compare_rows` output as a GitHub markdown table (numbers right-aligned)."""
+    """Render :func:`compare_rows` output as a GitHub markdown table (numbers right-aligned),
+    a blank line and :func:`table_note` (the blank line keeps the note out of the table)."""
     columns = _columns(rows)
 
     def escape(text: str) -> str:
@@ -391,14 +509,18 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
         "|" + "|".join("---:" if right else ":---" for _, right, _ in columns) + "|",
     ]
     lines += ["| " + " | ".join(escape(cells[i]) for _, _, cells in columns) + " |" for i in range(len(rows))]
+    lines += ["", table_note(rows)]
     return "\n".join(lines) + "\n"
 
 
 def compare(run_dirs: PathLike | Iterable[PathLike], target_accuracy: float | None = None) -> str:
     """A plain-text comparison table of runs, one row per run; see :func:`compare_rows` for the data.
 
-    With ``target_accuracy`` (a fraction) two more columns give the MB (uplink +
-    downlink) and rounds needed to first reach it, "—" when never reached.
+    Columns: final and best accuracy; MB uplink ("up"), downlink per receiving
+    client ("down") and their sum ("total"); each view's reduction against dense
+    fp32 ("x"). With ``target_accuracy`` (a fraction) the up / down / total MB and
+    the rounds needed to first reach it follow, "—" when never reached. A line
+    under the table says what the byte columns count.
     """
     return text_table(compare_rows(run_dirs, target_accuracy))
 
@@ -407,7 +529,22 @@ def compare(run_dirs: PathLike | Iterable[PathLike], target_accuracy: float | No
 
 _ROUND_LABEL = "Round"
 _ACC_LABEL = "Test accuracy (%)"
-_MB_LABEL = "Cumulative MB sent, uplink + downlink per client (1 MB = 10⁶ bytes, log scale)"
+# The byte views drawn against accuracy: (title, x label); the x label ends in "{scale})".
+_PANELS = {
+    "uplink": (
+        "Test accuracy vs uplink MB",
+        "Cumulative uplink MB, sent by all clients\n(1 MB = 10⁶ bytes{scale})",
+    ),
+    "downlink": (
+        "Test accuracy vs downlink MB",
+        "Cumulative downlink MB, received by all clients\n(counted once per receiving client; 1 MB = 10⁶ bytes{scale})",
+    ),
+    "total": (
+        "Test accuracy vs total MB (uplink + downlink)",
+        "Cumulative MB, uplink + downlink, all clients\n(downlink per receiving client; 1 MB = 10⁶ bytes{scale})",
+    ),
+}
+_LINESTYLES = ("-", "--", ":", "-.")
 
 
 def _label(run_dir: Path) -> tuple[str, str]:
@@ -419,20 +556,30 @@ def _label(run_dir: Path) -> tuple[str, str]:
     return str(summary["name"]), str(summary["algorithm"])
 
 
-def _curves(metrics: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rounds, accuracy %, cumulative MB) at the evaluated rounds."""
+def accuracy_curves(metrics: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The data the plots draw, at the evaluated rounds only.
+
+    Keys: ``round``, ``accuracy`` (percent), and cumulative ``uplink_mb``,
+    ``downlink_mb`` (per receiving client) and ``total_mb`` (their sum), in MB
+    (10**6 bytes); missing byte counts are NaN.
+    """
     accuracy = np.asarray(metrics["test_accuracy"], dtype=np.float64)
     keep = ~np.isnan(accuracy)
-    total = np.asarray(metrics["cum_uplink_bytes"], dtype=np.float64) + np.asarray(
-        metrics["cum_downlink_bytes"], dtype=np.float64
-    )
-    return np.asarray(metrics["round"])[keep], 100 * accuracy[keep], total[keep] / MB
+    up = np.asarray(metrics["cum_uplink_bytes"], dtype=np.float64)[keep] / MB
+    down = np.asarray(metrics["cum_downlink_bytes"], dtype=np.float64)[keep] / MB
+    return {
+        "round": np.asarray(metrics["round"])[keep],
+        "accuracy": 100 * accuracy[keep],
+        "uplink_mb": up,
+        "downlink_mb": down,
+        "total_mb": up + down,
+    }
 
 
-def _figure(ncols: int, width: float) -> tuple[Figure, list[Any]]:
-    fig = Figure(figsize=(width, 4.5), layout="constrained")
+def _figure(nrows: int, ncols: int, width: float, height: float) -> tuple[Figure, list[Any]]:
+    fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(nrows * ncols)]
     return fig, axes
 
 
@@ -453,9 +600,10 @@ class _PlainLogFormatter(LogFormatter):
         return f"{x:,.0f}" if x >= 1 else f"{x:.3g}"
 
 
-def _style_mb_axis(ax: Any, title: str, any_positive: bool) -> None:
-    ax.set_title(title)
-    ax.set_xlabel(_MB_LABEL if any_positive else _MB_LABEL.replace(", log scale", ""))
+def _style_mb_axis(ax: Any, which: str, any_positive: bool, title_prefix: str = "") -> None:
+    title, xlabel = _PANELS[which]
+    ax.set_title(title_prefix + title)
+    ax.set_xlabel(xlabel.format(scale=", log scale" if any_positive else ""))
     ax.set_ylabel(_ACC_LABEL)
     if any_positive:
         ax.set_xscale("log")
@@ -469,70 +617,100 @@ def _no_data(ax: Any) -> None:
     ax.text(0.5, 0.5, "no evaluated rounds", transform=ax.transAxes, ha="center", va="center", color="0.5")
 
 
+def _draw_mb(ax: Any, curves: Mapping[str, np.ndarray], which: str, **style: Any) -> bool:
+    """Accuracy against one byte view, only where it is > 0 (log x); whether any point was drawn."""
+    mb = curves[f"{which}_mb"]
+    positive = mb > 0  # NaN compares False
+    ax.plot(mb[positive], curves["accuracy"][positive], marker="o", markersize=3, **style)
+    return bool(positive.any())
+
+
+def run_figures(run_dir: PathLike) -> tuple[Figure, Figure]:
+    """The two figures :func:`plot_run` saves: accuracy vs round, and accuracy vs cumulative
+    uplink, downlink (per receiving client) and total MB (three panels, log x)."""
+    run_dir = Path(run_dir)
+    curves = accuracy_curves(read_metrics(run_dir))
+    name, algorithm = _label(run_dir)
+    prefix = f"{name} ({algorithm})"
+
+    round_fig, (ax,) = _figure(1, 1, 6.4, 4.5)
+    ax.plot(curves["round"], curves["accuracy"], marker="o", markersize=3, color="C0")
+    if not curves["round"].size:
+        _no_data(ax)
+    _style_round_axis(ax, f"{prefix}: test accuracy vs round")
+
+    mb_fig, axes = _figure(1, len(_PANELS), 6.4 * len(_PANELS), 4.8)
+    mb_fig.suptitle(prefix)
+    for ax, which in zip(axes, _PANELS, strict=True):
+        drawn = _draw_mb(ax, curves, which, color="C0")
+        if not drawn:
+            _no_data(ax)
+        _style_mb_axis(ax, which, drawn)
+    return round_fig, mb_fig
+
+
 def plot_run(run_dir: PathLike, out_dir: PathLike | None = None) -> tuple[Path, Path]:
-    """Write ``accuracy_vs_round.png`` and ``accuracy_vs_mb.png`` for one run.
+    """Write ``accuracy_vs_round.png`` and ``accuracy_vs_mb.png`` for one run (see :func:`run_figures`).
 
     Files go into ``out_dir`` (created if needed) or the run directory. Only
-    evaluated rounds are drawn; the MB plot's x axis is cumulative uplink +
-    downlink (per receiving client) bytes / 10**6 on a log scale. Works on a
-    run still in progress (no summary.json yet: titled by directory name).
-    Returns the two paths.
+    evaluated rounds are drawn; ``accuracy_vs_mb.png`` has three panels, accuracy
+    against cumulative uplink, downlink (per receiving client) and total bytes /
+    10**6 on a log scale. Works on a run still in progress (no summary.json yet:
+    titled by directory name). Returns the two paths.
     """
     run_dir = Path(run_dir)
-    metrics = read_metrics(run_dir)
-    name, algorithm = _label(run_dir)
+    round_fig, mb_fig = run_figures(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir
     out.mkdir(parents=True, exist_ok=True)
-    rounds, accuracy, mb = _curves(metrics)
-
-    fig, (ax,) = _figure(1, 6.4)
-    ax.plot(rounds, accuracy, marker="o", markersize=3, color="C0")
-    if not rounds.size:
-        _no_data(ax)
-    _style_round_axis(ax, f"{name} ({algorithm}): test accuracy vs round")
     round_path = out / "accuracy_vs_round.png"
-    fig.savefig(round_path, dpi=120)
-
-    positive = mb > 0
-    fig, (ax,) = _figure(1, 6.4)
-    ax.plot(mb[positive], accuracy[positive], marker="o", markersize=3, color="C0")
-    if not positive.any():
-        _no_data(ax)
-    _style_mb_axis(ax, f"{name} ({algorithm}): test accuracy vs MB sent", bool(positive.any()))
+    round_fig.savefig(round_path, dpi=120)
     mb_path = out / "accuracy_vs_mb.png"
-    fig.savefig(mb_path, dpi=120)
+    mb_fig.savefig(mb_path, dpi=120)
     return round_path, mb_path
 
 
-def plot_compare(run_dirs: PathLike | Iterable[PathLike], path: PathLike) -> Path:
-    """One PNG at ``path``: accuracy vs round (left) and vs cumulative MB, log x (right), a curve per run.
+def compare_figure(run_dirs: PathLike | Iterable[PathLike]) -> Figure:
+    """The figure :func:`plot_compare` saves: four panels, a curve per run.
 
-    Curves are labelled ``name (algorithm)`` and keep the same colour in both panels. Returns the path.
+    Accuracy vs round (top left), vs cumulative uplink MB (top right), vs
+    cumulative downlink MB per receiving client (bottom left) and vs total MB
+    (bottom right), the MB axes log scale. A run keeps its colour (and line
+    style) in every panel; one legend under the panels labels the curves
+    ``name (algorithm)``, with `` [DIR]`` appended where runs share that label.
     """
     dirs = _as_dirs(run_dirs)
     if not dirs:
         raise ValueError("plot_compare: no run directories given")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    names = [_label(d) for d in dirs]
+    labels = _disambiguate([f"{name} ({algorithm})" for name, algorithm in names], dirs)
 
-    fig, (ax_round, ax_mb) = _figure(2, 12.8)
-    any_points = any_positive = False
-    for i, run_dir in enumerate(dirs):
-        name, algorithm = _label(run_dir)
-        rounds, accuracy, mb = _curves(read_metrics(run_dir))
-        positive = mb > 0
-        label = f"{name} ({algorithm})"
-        ax_round.plot(rounds, accuracy, marker="o", markersize=3, color=f"C{i % 10}", label=label)
-        ax_mb.plot(mb[positive], accuracy[positive], marker="o", markersize=3, color=f"C{i % 10}", label=label)
-        any_points |= bool(rounds.size)
-        any_positive |= bool(positive.any())
+    fig, (ax_round, *ax_mb) = _figure(2, 2, 12.8, 10.0)
+    any_points = False
+    any_positive = dict.fromkeys(_PANELS, False)
+    for i, (run_dir, label) in enumerate(zip(dirs, labels, strict=True)):
+        curves = accuracy_curves(read_metrics(run_dir))
+        style = {"color": f"C{i % 10}", "linestyle": _LINESTYLES[(i // 10) % len(_LINESTYLES)]}
+        ax_round.plot(curves["round"], curves["accuracy"], marker="o", markersize=3, label=label, **style)
+        any_points |= bool(curves["round"].size)
+        for ax, which in zip(ax_mb, _PANELS, strict=True):
+            any_positive[which] |= _draw_mb(ax, curves, which, **style)
     if not any_points:
         _no_data(ax_round)
-    if not any_positive:
-        _no_data(ax_mb)
     _style_round_axis(ax_round, "Test accuracy vs round")
-    _style_mb_axis(ax_mb, "Test accuracy vs MB sent", any_positive)
-    ax_round.legend(fontsize="small")
-    ax_mb.legend(fontsize="small")
+    for ax, which in zip(ax_mb, _PANELS, strict=True):
+        if not any_positive[which]:
+            _no_data(ax)
+        _style_mb_axis(ax, which, any_positive[which])
+    fig.legend(
+        *ax_round.get_legend_handles_labels(), loc="outside lower center", ncols=min(len(dirs), 3), fontsize="small"
+    )
+    return fig
+
+
+def plot_compare(run_dirs: PathLike | Iterable[PathLike], path: PathLike) -> Path:
+    """One PNG at ``path`` with the four panels of :func:`compare_figure`. Returns the path."""
+    fig = compare_figure(run_dirs)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return path
