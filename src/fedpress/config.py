@@ -11,6 +11,8 @@
     [algorithm]  name, and that algorithm's hyperparameters (ratio, precision, ...)
     [async]      asynchronous algorithms only (fedbuff, qafel, naive): arrivals, durations,
                  staleness weighting; `rounds` then counts server steps
+    [downlink]   synchronous algorithms whose downlink is the model: a hidden-state
+                 compressed downlink with catch-up (runtime/downlink.py): codec, ratio, ...
 
 `load(path, overrides)` reads a file and applies `--set dotted.key=value` overrides; an
 unknown key or a bad value raises ConfigError naming the key and what is allowed.
@@ -35,6 +37,8 @@ EXECUTORS = ("sequential", "threads", "processes", "vmap", "auto")  # runtime.ex
 ARRIVALS = ("concurrency", "rate")
 DURATIONS = ("half_normal", "exponential", "constant")
 STALENESS = ("constant", "polynomial", "hinge")
+DOWNLINK_STAGES = ("fp32", "fp16", "bf16", "top_k", "random_k", "qsgd", "minmax_affine")  # runtime/downlink.py
+DOWNLINK_INIT = ("whole", "seeded")
 
 
 def async_algorithms() -> tuple[str, ...]:
@@ -86,6 +90,27 @@ class AsyncConfig:
 
 
 @dataclass(frozen=True)
+class DownlinkConfig:
+    """A hidden-state compressed downlink (`runtime/downlink.py`): the server sends
+    q = C(x − x̂) and both sides apply x̂ ← x̂ + q; a client that missed broadcasts catches
+    up in the smallest exact form. `codec` names the stages of C joined by "+" (a
+    selection, then the values' precision: "top_k+fp16"; "qsgd"; "minmax_affine"; "fp32"
+    is the identity, today's dense downlink). `init`: a client's first download is x̂
+    whole ("whole"), or it rebuilds x0 from the run seed at no cost ("seeded")."""
+
+    codec: str = "fp32"
+    ratio: float = 0.01  # top_k, random_k: fraction of coordinates kept
+    levels: int = 15  # qsgd: levels per sign
+    bucket: int = 512  # qsgd: bucket size (0: one bucket)
+    bits: int = 8  # minmax_affine: bits per value
+    init: str = "whole"
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return tuple(self.codec.split("+"))
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 1
     steps: int = 0  # > 0: a fixed number of local steps instead of epochs
@@ -132,6 +157,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     asynchronous: AsyncConfig | None = None  # the [async] table; set exactly for asynchronous algorithms
+    downlink: DownlinkConfig | None = None  # the [downlink] table: a hidden-state compressed downlink
 
     @property
     def is_async(self) -> bool:
@@ -140,8 +166,10 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as TOML-shaped nested dicts (open tables flattened back)."""
         top = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not dataclasses.is_dataclass(
-            getattr(self, f.name)) and f.name != "asynchronous"}
+            getattr(self, f.name)) and f.name not in ("asynchronous", "downlink")}
         tables = {"async": dataclasses.asdict(self.asynchronous)} if self.asynchronous is not None else {}
+        if self.downlink is not None:
+            tables["downlink"] = dataclasses.asdict(self.downlink)
         return {
             **top,
             "data": {"dataset": self.data.dataset, "num_clients": self.data.num_clients,
@@ -190,8 +218,9 @@ def _require(ok: bool, message: str) -> None:
 
 def from_dict(raw: Mapping[str, Any]) -> Config:
     raw = dict(raw)
+    raw_tables = set(raw) & {"async", "downlink"}
     tables = {}
-    for name in ("data", "model", "train", "algorithm", "async"):
+    for name in ("data", "model", "train", "algorithm", "async", "downlink"):
         table = raw.pop(name, {})
         _require(isinstance(table, dict), f"[{name}] must be a table, got {table!r}")
         tables[name] = dict(table)
@@ -215,6 +244,9 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     _require(is_async or not model.outputs,
              f"model.outputs is read by the asynchronous engine only ({', '.join(async_algorithms())}); "
              f"the synchronous loop builds one output per class")
+    _require(not is_async or "downlink" not in raw_tables,
+             f"[downlink] is the synchronous algorithms' hidden-state downlink; {algorithm.name} runs on the "
+             f"asynchronous engine (QAFeL's hidden state is set by algorithm.server_quantizer)")
     data = _data(tables["data"], cfg, is_async)
     return dataclasses.replace(
         cfg,
@@ -223,6 +255,7 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         train=_train(tables["train"]),
         algorithm=algorithm,
         asynchronous=_async(tables["async"], data.num_clients) if is_async else None,
+        downlink=_downlink(tables["downlink"]) if "downlink" in raw_tables else None,
     )
 
 
@@ -280,6 +313,24 @@ def _async(table: dict, num_clients: int) -> AsyncConfig:
     _require(a.b >= 0, f"async.b = {a.b} must be >= 0")
     _require(a.max_staleness >= -1, f"async.max_staleness = {a.max_staleness} must be >= 0, or -1 (no limit)")
     return a
+
+
+def _downlink(table: dict) -> DownlinkConfig:
+    d = DownlinkConfig(**_fixed(DownlinkConfig, table, "downlink."))
+    stages = d.stages
+    for stage in stages:
+        _require(stage in DOWNLINK_STAGES, f"downlink.codec = {d.codec!r}: stage {stage!r} is not a downlink codec; "
+                                           f"allowed stages: {', '.join(DOWNLINK_STAGES)}, joined by '+'")
+    selections, values = ("top_k", "random_k"), ("fp32", "fp16", "bf16", "qsgd", "minmax_affine")
+    _require(len(stages) == 1 or (len(stages) == 2 and stages[0] in selections and stages[1] in values),
+             f"downlink.codec = {d.codec!r}: a chain is a selection ({', '.join(selections)}) then the values' "
+             f"coding ({', '.join(values)}), e.g. \"top_k+fp16\"")
+    _require(0 < d.ratio <= 1, f"downlink.ratio = {d.ratio} must be in (0, 1]")
+    _require(1 <= d.levels <= 32767, f"downlink.levels = {d.levels} must be in [1, 32767]")
+    _require(0 <= d.bucket < 2**32, f"downlink.bucket = {d.bucket} must be in [0, 2^32) (0: one bucket)")
+    _require(1 <= d.bits <= 8, f"downlink.bits = {d.bits} must be in [1, 8]")
+    _require(d.init in DOWNLINK_INIT, f"downlink.init = {d.init!r}; allowed: {list(DOWNLINK_INIT)}")
+    return d
 
 
 def _train(table: dict) -> TrainConfig:

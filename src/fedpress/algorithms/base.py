@@ -152,6 +152,11 @@ class RoundsAlgorithm(Algorithm, Protocol):
     """A synchronous algorithm: rounds of broadcast, local training, aggregate."""
 
     runtime: ClassVar[str] = "rounds"
+    # What `broadcast` sends. MODEL: `model(server)` as one dense fp32 message to every
+    # sampled client, which a [downlink] table may replace by a hidden-state compressed
+    # downlink (runtime/downlink.py). Anything else says what the downlink is, for the
+    # ConfigError that refuses [downlink] (Scaffnew's x̄ reply, Scaffold's [x, c]).
+    downlink_content: ClassVar[str] = "a broadcast of its own"
 
     def broadcast(self, server: Any, ctx: RoundContext) -> tuple[Downlink, Any]: ...
 
@@ -188,6 +193,7 @@ class BufferedAlgorithm(Algorithm, Protocol):
 
 
 RUNTIMES = ("rounds", "buffered")
+MODEL = "the model"  # RoundsAlgorithm.downlink_content of a broadcast that is the model itself
 
 
 def weighted_mean(uplinks: list[Uplink], layout: Layout, weighting: str = "samples") -> torch.Tensor:

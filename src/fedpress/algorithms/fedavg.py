@@ -11,11 +11,11 @@ client option: the FedProx proximal term mu.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from fedpress.algorithms.base import ClientContext, RoundContext, RoundsAlgorithm, Uplink, weighted_mean
+from fedpress.algorithms.base import MODEL, ClientContext, RoundContext, RoundsAlgorithm, Uplink, weighted_mean
 from fedpress.compress import Codec, fp32
 from fedpress.layout import Layout
 from fedpress.local import LocalPlan, LocalResult, Proximal
@@ -55,6 +55,7 @@ class FedAvg(RoundsAlgorithm):
     prox_mu: float = 0.0
     weighting: str = "samples"  # "samples": n_i / n ; "uniform": 1 / |S|
     name: str = "fedavg"
+    downlink_content: ClassVar[str] = MODEL  # with downlink = fp32 (setup checks)
 
     def init_server(self, x0: torch.Tensor, layout: Layout) -> ServerState:
         return ServerState(x0.clone(), torch.zeros_like(x0) if self.server_momentum else None)

@@ -84,6 +84,8 @@ class FedComLoc(RoundsAlgorithm):
     name: str = "fedcomloc"
 
     plain_sgd: ClassVar[bool] = True  # the control-variate algebra assumes x <- x - gamma (g - h): no momentum
+    downlink_content: ClassVar[str] = ("x̄, replied to the uploaders and sent to the clients that do not hold it "
+                                       "(FedComLoc compresses it with algorithm.variant = \"global\")")
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -184,6 +186,7 @@ class Scaffold(RoundsAlgorithm):
     server_lr: float = 1.0
     name: str = "scaffold"
     plain_sgd: ClassVar[bool] = True
+    downlink_content: ClassVar[str] = "[x, c], the model and the server's control variate in one message"
 
     def wire_layout(self, model: FlatModel) -> Layout:
         return scaffold_layout(model)

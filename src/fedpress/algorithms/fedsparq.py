@@ -25,10 +25,11 @@ here, with the spec's [CHOICE] as default, and the ablations are switches:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from fedpress.algorithms.base import ClientContext, RoundContext, RoundsAlgorithm, Uplink, weighted_mean
+from fedpress.algorithms.base import MODEL, ClientContext, RoundContext, RoundsAlgorithm, Uplink, weighted_mean
 from fedpress.algorithms.fedavg import ServerState, dense_broadcast, prox_penalty, server_step
 from fedpress.compress.select import (
     EMAThresholdState,
@@ -73,6 +74,7 @@ class FedSparQ(RoundsAlgorithm):
         return ServerState(x0.clone(), torch.zeros_like(x0) if self.server_momentum else None)
 
     broadcast = staticmethod(dense_broadcast)  # step 1: dense fp32
+    downlink_content: ClassVar[str] = MODEL
 
     def aggregate(self, server: ServerState, uplinks: list[Uplink], ctx: RoundContext) -> ServerState:
         if not uplinks:

@@ -18,10 +18,11 @@ Steps 4-6 are `error_feedback(top_k(R/100, scope="tensor"))`; its residual is th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
-from fedpress.algorithms.base import ClientContext, RoundContext, RoundsAlgorithm, Uplink, weighted_mean
+from fedpress.algorithms.base import MODEL, ClientContext, RoundContext, RoundsAlgorithm, Uplink, weighted_mean
 from fedpress.algorithms.fedavg import ServerState, dense_broadcast
 from fedpress.compress import Codec, error_feedback, top_k
 from fedpress.compress.compose import ErrorFeedbackState
@@ -80,6 +81,7 @@ class FLARE(RoundsAlgorithm):
         return self.uplink.init(layout)
 
     broadcast = staticmethod(dense_broadcast)
+    downlink_content: ClassVar[str] = MODEL
 
     def client_begin(self, state: ErrorFeedbackState, received: torch.Tensor, ctx: ClientContext) -> LocalPlan:
         tau = tau_at(self.tau0, self.c, ctx.round)
@@ -148,6 +150,7 @@ class EF21(RoundsAlgorithm):
         return EF21Client(torch.zeros(layout.numel))
 
     broadcast = staticmethod(dense_broadcast)
+    downlink_content: ClassVar[str] = MODEL
 
     def client_begin(self, state: EF21Client, received: torch.Tensor, ctx: ClientContext) -> LocalPlan:
         return LocalPlan(x0=received)

@@ -20,6 +20,7 @@ global state sent sparse, as the code's state_dict.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -109,6 +110,7 @@ class SparsyFed(RoundsAlgorithm):
 
     init_client = staticmethod(no_client_state)
     broadcast = staticmethod(sparse_broadcast)
+    downlink_content: ClassVar[str] = "the global state's non-zeros (sparse already; clients train on its mask)"
     client_begin = staticmethod(plain_start)
 
     def client_end(self, state: None, plan: LocalPlan, result: LocalResult,
@@ -139,6 +141,7 @@ class ZeroFL(RoundsAlgorithm):
 
     init_client = staticmethod(no_client_state)
     broadcast = staticmethod(sparse_broadcast)
+    downlink_content: ClassVar[str] = "the global state's non-zeros (sparse already; clients train on its mask)"
     client_begin = staticmethod(plain_start)
     aggregate = staticmethod(mean_of_states)
     model = staticmethod(state_model)
@@ -168,6 +171,7 @@ class FLASH(RoundsAlgorithm):
 
     init_client = staticmethod(no_client_state)
     broadcast = staticmethod(sparse_broadcast)
+    downlink_content: ClassVar[str] = "the global state's non-zeros (sparse already; clients train on its mask)"
     round_metrics = staticmethod(sparsity_metrics)
 
     def init_server(self, x0: torch.Tensor, layout: Layout) -> FLASHServer:

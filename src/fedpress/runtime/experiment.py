@@ -8,6 +8,7 @@ from functools import cached_property
 import torch
 
 from fedpress.algorithms import Algorithm, build
+from fedpress.algorithms.base import MODEL
 from fedpress.config import Config
 from fedpress.data import Dataset, load, partition
 from fedpress.errors import ConfigError
@@ -15,6 +16,7 @@ from fedpress.layout import Layout
 from fedpress.local import FlatModel
 from fedpress.models import build_model
 from fedpress.rng import derive, derive_numpy
+from fedpress.runtime.downlink import Downlink, codec_of
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,6 +52,7 @@ class Experiment:
     algorithm: Algorithm
     x0: torch.Tensor  # (d,) initial model state, on the CPU like every state and message
     device: torch.device = torch.device("cpu")  # where local training and evaluation run
+    downlink: Downlink | None = None  # [downlink]: the hidden-state compressed downlink; None: the algorithm's own
 
     @cached_property
     def wire(self) -> Layout:
@@ -83,9 +86,26 @@ def setup(cfg: Config) -> Experiment:
     if algorithm.plain_sgd and cfg.train.momentum:
         raise ConfigError(f"train.momentum = {cfg.train.momentum}: {cfg.algorithm.name} needs plain SGD local steps "
                           f"(its control variates assume x <- x - lr (g - h)); set train.momentum = 0")
+    downlink = hidden_downlink(cfg, algorithm)
     # re-parameterised models (SparsyFed's Powerprop layers); the default hook returns the module
     module = algorithm.prepare_model(module, derive(cfg.seed, "init", "reparameterise"))
     model = FlatModel.of(module)
     x0 = model.initial().detach().clone()  # on the CPU, before the module moves
     module.to(device)  # in place: the model's layouts stay as they are
-    return Experiment(cfg, ds, parts, model, algorithm, x0, device)
+    return Experiment(cfg, ds, parts, model, algorithm, x0, device, downlink)
+
+
+def hidden_downlink(cfg: Config, algorithm: Algorithm) -> Downlink | None:
+    """The [downlink] table's hidden-state downlink, for an algorithm whose broadcast is the
+    model (`RoundsAlgorithm.downlink_content`); a ConfigError for one whose is not."""
+    if cfg.downlink is None:
+        return None
+    what = algorithm.downlink_content
+    if what != MODEL:
+        raise ConfigError(f"[downlink] compresses a broadcast of the model with a hidden state; "
+                          f"{cfg.algorithm.name}'s downlink is {what}")
+    if cfg.algorithm.params.get("downlink", "fp32") != "fp32":
+        raise ConfigError(f"algorithm.downlink = {cfg.algorithm.params['downlink']!r} and a [downlink] table both "
+                          f"set the downlink; use one (downlink.codec = \"{cfg.algorithm.params['downlink']}\" is "
+                          f"the hidden-state version of it)")
+    return Downlink(codec_of(cfg.downlink), seeded=cfg.downlink.init == "seeded")

@@ -26,7 +26,9 @@ from fedpress.algorithms import RoundContext, Uplink
 from fedpress.config import Config
 from fedpress.metrics.ledger import BROADCAST, DOWN, Ledger
 from fedpress.rng import derive
+from fedpress.runtime import downlink
 from fedpress.runtime.accept import accept
+from fedpress.runtime.downlink import Catchup, HiddenState, Replicas
 from fedpress.runtime.executor import make_executor
 from fedpress.runtime.experiment import Experiment, setup
 from fedpress.runtime.outputs import Display, RunDirectory, close_row, due, evaluate_into, round_row, warn_if_empty
@@ -47,12 +49,14 @@ class Progress:
     ledger: Ledger
     rows: list[dict]
     density: list[list[float]] = field(default_factory=list)  # per round: kept fraction of each tensor
+    hidden: HiddenState | None = None  # [downlink]: the server's x̂, its versions and the clients' (runtime/downlink.py)
+    replicas: Replicas | None = None  # [downlink]: the in-process clients' copies of x̂
 
 
 class Fleet(Protocol):
     """The clients of a round as the server reaches them: bytes out, replies back."""
 
-    def train(self, round_: int, downlinks: dict[int, bytes | None]) -> dict[int, ClientReply]: ...
+    def train(self, round_: int, downlinks: dict[int, bytes | Catchup | None]) -> dict[int, ClientReply]: ...
 
     def reply(self, round_: int, clients: list[int], data: bytes) -> None: ...
 
@@ -65,7 +69,7 @@ def sample_clients(cfg: Config, round_: int) -> tuple[int, ...]:
 
 def run_round(exp: Experiment, p: Progress, executor, t: int) -> dict:
     """One synchronous round t (0-based) of the simulator: every client in this process."""
-    return server_round(exp, p, InProcessClients(exp, p.clients, executor), t)
+    return server_round(exp, p, InProcessClients(exp, p.clients, executor, p.replicas), t)
 
 
 def server_round(exp: Experiment, p: Progress, clients: Fleet, t: int) -> dict:
@@ -78,10 +82,21 @@ def server_round(exp: Experiment, p: Progress, clients: Fleet, t: int) -> dict:
     rctx = RoundContext(t, cfg.seed, sampled, exp.model, cfg.data.num_clients)
     transport = Transport(p.ledger, exp.wire)
 
-    down, server = alg.broadcast(p.server, rctx)
-    with _diverged_if_not_finite(t, "the broadcast"):
-        downlinks = post_downlinks(down if isinstance(down, dict) else dict.fromkeys(sampled, down), transport, t)
-    replies = clients.train(t, {c: downlinks.get(c) for c in sampled})
+    if exp.downlink is None:
+        down, server = alg.broadcast(p.server, rctx)
+        with _diverged_if_not_finite(t, "the broadcast"):
+            downlinks = post_downlinks(down if isinstance(down, dict) else dict.fromkeys(sampled, down), transport, t)
+        replies = clients.train(t, {c: downlinks.get(c) for c in sampled})
+    else:  # the hidden-state downlink: q_t = C(x_t − x̂) for all, then each client's catch-up
+        server = p.server
+        with _diverged_if_not_finite(t, "the broadcast"):
+            hidden, _ = downlink.encode_step(p.hidden, alg.model(server), exp.downlink.codec, exp.wire,
+                                             derive(cfg.seed, "downlink", t))
+        channel = downlink.Server(hidden, exp.wire)
+        catchups = {c: channel.catch_up(c) for c in sampled}
+        downlink.post(catchups, transport, t)
+        p.hidden = channel.hs
+        replies = clients.train(t, catchups)
 
     uplinks: list[Uplink] = []
     rejected: list[Refusal] = []
@@ -162,13 +177,16 @@ def run(
     run_dir.commit(cfg, fresh=p is None)
     p = p or fresh(exp)
     with make_executor(exp) as executor:
-        clients = InProcessClients(exp, p.clients, executor)
+        clients = InProcessClients(exp, p.clients, executor, p.replicas)
         return drive(exp, p, clients, run_dir, progress=progress, on_round_end=on_round_end)
 
 
 def fresh(exp: Experiment) -> Progress:
     ledger = Ledger(dense_frame_bytes(exp.model.layout))
-    return Progress(0, exp.algorithm.init_server(exp.x0, exp.model.layout), {}, ledger, [])
+    p = Progress(0, exp.algorithm.init_server(exp.x0, exp.model.layout), {}, ledger, [])
+    if exp.downlink is not None:
+        p.hidden, p.replicas = downlink.start(exp.x0, exp.wire, exp.downlink.seeded), Replicas()
+    return p
 
 
 def prepare(exp: Experiment, out: str | Path | None, resume: bool, overwrite: bool = False
