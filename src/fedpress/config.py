@@ -244,9 +244,9 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     _require(is_async or not model.outputs,
              f"model.outputs is read by the asynchronous engine only ({', '.join(async_algorithms())}); "
              f"the synchronous loop builds one output per class")
-    _require(not is_async or "downlink" not in raw_tables,
-             f"[downlink] is the synchronous algorithms' hidden-state downlink; {algorithm.name} runs on the "
-             f"asynchronous engine (QAFeL's hidden state is set by algorithm.server_quantizer)")
+    _require(not is_async or set(tables["downlink"]) <= {"init"},
+             f"[downlink] of an asynchronous algorithm takes only `init` (QAFeL's q is "
+             f"algorithm.server_quantizer); got {', '.join(sorted(tables['downlink']))}")
     data = _data(tables["data"], cfg, is_async)
     return dataclasses.replace(
         cfg,

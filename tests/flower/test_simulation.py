@@ -22,10 +22,15 @@ def ledger_rows(path):
     {"name": "fedsparq"},  # per-layer EMA thresholds and residuals kept in Context.state
     {"name": "flare", "keep_percent": 5.0},
     {"name": "scaffnew"},  # the server's reply to the uploaders, and control variates in Context.state
-], ids=lambda a: a["name"])
+    {"name": "topk_ef", "ratio": 0.05, "downlink": "top_k+fp16"},  # each node's x̂ in Context.state, caught up
+], ids=lambda a: a["name"] + ("_downlink" if "downlink" in a else ""))
 def test_flower_simulation_equals_the_simulator(synthetic, one_thread, tmp_path, algorithm):
+    algorithm = dict(algorithm)
+    down = {"downlink.codec": algorithm.pop("downlink"), "downlink.ratio": 0.1} if "downlink" in algorithm else {}
     overrides = {"rounds": 3, "data.num_clients": 4, "clients_per_round": 3, "checkpoint_every": 0,
-                 **{f"algorithm.{k}": v for k, v in algorithm.items()}}
+                 **{f"algorithm.{k}": v for k, v in algorithm.items()}, **down}
+    if down:  # 2 of 4 clients a round: catch-ups over several versions
+        overrides.update({"rounds": 4, "clients_per_round": 2})
     if algorithm["name"] == "scaffnew":
         overrides["train.momentum"] = 0.0
     cfg = tiny_config(**overrides)

@@ -233,6 +233,9 @@ def test_methods_whose_downlink_is_not_the_model_refuse_the_table(synthetic, nam
     assert says in str(e.value)
 
 
+QAFEL_RAW = {"algorithm": {"name": "qafel"}, "data": {"num_clients": 10}, "async": {"concurrency": 5}}
+
+
 def test_downlink_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="stage 'top_j'"):
         tiny_config(**{"downlink.codec": "top_j"})
@@ -242,8 +245,16 @@ def test_downlink_config_errors_name_the_key():
         tiny_config(**{"downlink.init": "lazy"})
     with pytest.raises(ConfigError, match="downlink.ratio"):
         tiny_config(**{"downlink.ratio": 0.0})
-    with pytest.raises(ConfigError, match=r"\[downlink\] is the synchronous"):
-        from_dict({"algorithm": {"name": "qafel"}, "data": {"num_clients": 10}, "downlink": {"codec": "fp16"}})
+    with pytest.raises(ConfigError, match=r"\[downlink\] of an asynchronous algorithm takes only `init`"):
+        from_dict({**QAFEL_RAW, "downlink": {"codec": "fp16"}})
+    assert from_dict({**QAFEL_RAW, "downlink": {"init": "seeded"}}).downlink.init == "seeded"
+
+
+def test_fedbuff_keeps_no_hidden_state_to_seed(synthetic):
+    from tests.sim.test_async import async_config
+
+    with pytest.raises(ConfigError, match="fedbuff keeps none"):
+        setup(async_config(**{"downlink.init": "seeded"}))
 
 
 def test_a_fedavg_downlink_precision_and_a_downlink_table_are_one_too_many(synthetic):

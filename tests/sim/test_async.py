@@ -10,7 +10,7 @@ import torch
 
 from fedpress.metrics.ledger import BROADCAST, DOWN, JOIN, UP
 from fedpress.runtime.executor import Sequential
-from fedpress.runtime.transport import Transport, dense_frame_bytes
+from fedpress.runtime.transport import dense_frame_bytes
 from fedpress.sim import asynchronous
 from fedpress.sim.asynchronous import Engine, Flight, arrival_first, fresh, setup, staleness_weight, within_staleness
 from tests.sim.conftest import synthetic_dataset, with_overrides
@@ -214,60 +214,92 @@ def test_fedbuff_ledger_one_dense_download_per_start_and_upload_per_arrival(synt
     assert len(ups) == 9 and len(downs) == 9 + 4  # 4 starts at time 0, one restart per arrival
 
 
-def test_qafel_ledger_counts_join_once_and_broadcast_once_and_per_client(synthetic, tmp_path):
+def test_qafel_ledger_counts_what_each_starting_client_receives(synthetic, tmp_path):
     cfg = async_config(rounds=4, **QAFEL)
     asynchronous.run(cfg, tmp_path, progress=False)
     frame = dense_frame_bytes(setup(cfg).model.layout)
     with open(tmp_path / "ledger.csv") as f:
         ledger = list(csv.DictReader(f))
     joins = [e for e in ledger if e["direction"] == JOIN]
+    # a client's first download is x̂ whole, once; nothing is sent to a client that does not start
     assert len(joins) == len({e["client"] for e in joins}) and all(int(e["bytes"]) == frame for e in joins)
-    broadcasts = [e for e in ledger if e["direction"] == DOWN]
-    assert [int(e["round"]) for e in broadcasts] == [0, 1, 2, 3]  # one per server step, no per-start download
-    assert all(int(e["client"]) == BROADCAST for e in broadcasts)
+    downs = [e for e in ledger if e["direction"] == DOWN]
+    assert downs and all(int(e["client"]) != BROADCAST and int(e["receivers"]) == 1 for e in downs)
+    assert all(0 < int(e["bytes"]) <= frame for e in downs)  # a catch-up never costs more than x̂ whole
+    assert any(int(e["bytes"]) < frame / 3 for e in downs)  # the q's: Q_s(x - x_hat) with 8 levels
     table = rows(tmp_path / "metrics.csv")
-    for r, b in zip(table, broadcasts, strict=True):
-        joined = sum(1 for e in joins if int(e["round"]) <= int(b["round"]))
-        assert int(b["receivers"]) == joined  # every client that joined applies q
-        initial = sum(int(e["bytes"]) for e in joins if int(e["round"]) == int(b["round"]))
-        assert int(r["initial_downlink_bytes"]) == initial
-        assert int(r["downlink_broadcast_bytes"]) == int(b["bytes"]) + initial  # counted once
-        assert int(r["downlink_bytes"]) == int(b["bytes"]) * joined + initial  # counted per receiving client
-        assert int(b["bytes"]) < frame / 3  # q = Q_s(x - x_hat) with 8 levels: ~4 bits a value
+    for r in table:
+        mine = [e for e in ledger if e["direction"] != UP and int(e["round"]) == int(r["round"]) - 1]
+        assert int(r["downlink_bytes"]) == int(r["downlink_broadcast_bytes"]) == sum(int(e["bytes"]) for e in mine)
+        assert int(r["initial_downlink_bytes"]) == sum(int(e["bytes"]) for e in mine if e["direction"] == JOIN)
     assert int(table[-1]["cum_initial_downlink_bytes"]) == frame * len(joins)
 
 
 # ---------------------------------------------------------------------------- QAFeL's hidden state
 
 
-def test_every_client_holds_the_servers_hidden_state_after_applying_all_broadcasts(synthetic, monkeypatch):
-    """Replays, independently of the engine, what a client receives (its join download, then
-    every broadcast q, decoded from the bytes) and checks it against the server's x_hat."""
-    cfg = async_config(rounds=6, **{**QAFEL, "algorithm.server_quantizer": "minmax_affine", "algorithm.server_bits": 2})
-    received = []
-    real_send = Transport.send
+def record_catchups(monkeypatch) -> list:
+    """Every catch-up the runtime counts, as (client, Catchup), in order."""
+    from fedpress.runtime import downlink
 
-    def spy(self, msg, round_, direction, client, receivers=1):
-        out = real_send(self, msg, round_, direction, client, receivers)
-        received.append((direction, client, out.expand(self.layout)))
-        return out
+    got, real = [], downlink.post
 
-    monkeypatch.setattr(Transport, "send", spy)
+    def spy(catchups, transport, round_):
+        got.extend(catchups.items())
+        return real(catchups, transport, round_)
+
+    monkeypatch.setattr(downlink, "post", spy)
+    return got
+
+
+@pytest.mark.parametrize("init", ["whole", "seeded"])
+def test_each_client_rebuilds_the_servers_hidden_state_from_its_bytes_alone(synthetic, monkeypatch, init):
+    """Replays, independently of the engine, the catch-ups each client received (decoded from
+    their bytes alone) and checks each against the server's x̂ of that version; and every
+    start trains from the server's x̂ of the moment, as eager delivery of every q gave."""
+    from fedpress.runtime import downlink
+
+    cfg = async_config(rounds=6, **{**QAFEL, "algorithm.server_quantizer": "minmax_affine", "algorithm.server_bits": 2,
+                                    "downlink.init": init})
+    got = record_catchups(monkeypatch)
     exp = setup(cfg)
     p = fresh(exp)
     engine = Engine(exp, p, Sequential())
+    x_hat = {0: p.server.x_hat.clone()}  # the server's x̂ of each version
+    trained_from, real_catch_up = [], engine.catch_up
+
+    def catch_up(client):
+        x = real_catch_up(client)
+        trained_from.append(torch.equal(x, p.server.x_hat))
+        return x
+
+    engine.catch_up = catch_up
     for _ in range(cfg.rounds):
         engine.step()
-        assert torch.equal(p.copy, p.server.x_hat)
+        x_hat[p.round] = p.server.x_hat.clone()
+        assert torch.equal(p.hidden.x_hat, p.server.x_hat)
         assert not torch.equal(p.server.x_hat, p.server.x)  # 2-bit Q_s: x_hat lags x
-    for client in {c for d, c, _ in received if d == JOIN}:
-        held = None
-        for direction, to, x in received:
-            if direction == JOIN and to == client:
-                held = x.clone()
-            elif direction == DOWN and to == BROADCAST and held is not None:
-                held = held + x
-        assert torch.equal(held, p.server.x_hat), client
+    assert trained_from and all(trained_from)
+    copies = {}
+    for client, c in got:
+        start = exp.x0 if init == "seeded" else None
+        copies[client] = downlink.apply(copies.get(client, start), c, exp.wire, exp.algorithm.apply_broadcast)
+        assert torch.equal(copies[client], x_hat[c.version]), (client, c.version, c.form)
+    assert {c.form for _, c in got} >= {"q"}
+    assert len({client for client, _ in got}) > 4  # several clients, several starts each
+
+
+def test_lazy_seeded_qafel_downloads_less_per_receiving_client_than_fedbuff(synthetic, tmp_path):
+    """The issue's check on the virtual clock: with lazy catch-up and seeded init, QAFeL's
+    downlink per receiving client comes out below FedBuff's (which downloads x per start)."""
+    fedbuff = asynchronous.run(async_config(rounds=5), tmp_path / "fedbuff", progress=False)
+    qafel = asynchronous.run(async_config(rounds=5, **QAFEL, **{"downlink.init": "seeded"}), tmp_path / "qafel",
+                             progress=False)
+    assert qafel["downlink_bytes"] < fedbuff["downlink_bytes"]
+    whole = asynchronous.run(async_config(rounds=5, **QAFEL), tmp_path / "whole", progress=False)
+    # a seeded client's first download is its catch-up from x0 (nothing at version 0), not x̂ whole
+    assert qafel["initial_downlink_bytes"] < whole["initial_downlink_bytes"] / 3
+    assert whole["downlink_bytes"] > qafel["downlink_bytes"]
 
 
 def test_qafel_with_identity_quantizers_equals_fedbuff_bit_for_bit(synthetic):

@@ -18,16 +18,16 @@ synchronous simulator, the asynchronous engine, Flower) calls them in this order
 Asynchronous algorithms (FedBuff, QAFeL, Naive; `algorithms/fedbuff.py`) replace
 `broadcast`/`aggregate` with the steps the asynchronous engine (`sim/asynchronous.py`) calls:
 
-    msg = alg.join(server, round_ctx)                # Message | None: the first download of a
-                                                     # client (QAFeL's x̂), counted separately
+    msg = alg.join(server, round_ctx)                # Message | None: the hidden state x̂ the runtime
+                                                     # keeps and catches clients up from (QAFeL's x̂_0)
     down, server = alg.dispatch(server, client_ctx)  # Message | None: what a client starting now
                                                      # downloads; None: it starts from its synced copy
     plan = alg.client_begin(...) ; up, state = alg.client_end(...)       # as above
     server = alg.receive(server, uplink, round_ctx)  # one arrival; uplink.staleness, .staleness_weight
     if alg.ready(server):
-        server, q = alg.flush(server, round_ctx)     # server step; q: Message | None, multicast to
-                                                     # every client that joined
-        copy = alg.apply_broadcast(copy, q, layout)  # what each of those clients does with q
+        server, q = alg.flush(server, round_ctx)     # server step; q: Message | None, kept by the
+                                                     # runtime; a client gets it when it next starts
+        copy = alg.apply_broadcast(copy, q, layout)  # what a client does with q (runtime/downlink.py)
 The two protocols, `RoundsAlgorithm` and `BufferedAlgorithm`, declare these steps; an algorithm subclasses
 the one it follows, which is how the registry and every runtime know which engine it needs
 (`runtime`), and which gives it the defaults of the optional hooks: `prepare_model`,
@@ -186,6 +186,13 @@ class BufferedAlgorithm(Algorithm, Protocol):
     def ready(self, server: Any) -> bool: ...
 
     def flush(self, server: Any, ctx: RoundContext) -> tuple[Any, Message | None]: ...
+
+    @property
+    def keeps_hidden_state(self) -> bool:
+        """Whether clients train from a hidden state x̂ that the broadcasts move (QAFeL); the
+        runtime then keeps x̂'s versions and catches each client up when it starts
+        (runtime/downlink.py), with `join` as x̂_0 and `apply_broadcast` as x̂ + q."""
+        return False
 
     def apply_broadcast(self, copy: torch.Tensor | None, q: Message, layout: Layout) -> torch.Tensor:
         """What a client that keeps the synced state does with a broadcast q (QAFeL: x̂ + q)."""

@@ -77,8 +77,9 @@ class Buffered(BufferedAlgorithm):
         return None  # a client keeps no state of its own; QAFeL's x̂ copy is the subscribers' state
 
     def join(self, server: BufferState, ctx: RoundContext) -> Message | None:
-        """What a client downloads the first time it takes part: QAFeL's x̂, whole and exact
-        (spec §5.2: "a client joining late needs x̂ once"). The others download at every start."""
+        """QAFeL's hidden state x̂, whole and exact: the runtime keeps it and catches each
+        client up from the version it holds (spec §5.2: "a client joining late needs x̂
+        once"; runtime/downlink.py). None: clients download at every start."""
         if self.start != "hidden_state":
             return None
         return Message(ctx.layout.numel, Dense(server.x_hat))
@@ -119,6 +120,10 @@ class Buffered(BufferedAlgorithm):
         return server.x
 
     # ---------------------------------------------------------------- client
+
+    @property
+    def keeps_hidden_state(self) -> bool:
+        return self.start == "hidden_state"
 
     def apply_broadcast(self, x_hat: torch.Tensor, q: Message, layout: Layout) -> torch.Tensor:
         """Both sides of spec §5.2 step 5: x̂ ← x̂ + q (the server with its own q, every client

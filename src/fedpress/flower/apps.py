@@ -27,12 +27,15 @@ from fedpress.flower.messages import (
     REPLY,
     TRAIN,
     addressee,
+    catchup_content,
     count_bytes,
     discover,
     error_reason,
     parse_reply,
 )
 from fedpress.flower.records import WIRE_KEY, wire_record
+from fedpress.runtime import downlink
+from fedpress.runtime.downlink import Catchup
 from fedpress.runtime.experiment import Experiment, setup
 from fedpress.runtime.outputs import RunDirectory
 from fedpress.runtime.rejections import Rejection
@@ -111,12 +114,14 @@ class GridClients:
         self.client_of = {n: c for c, n in self.node_of.items()}
         self.flower_bytes = {"up": 0, "down": 0, "lost": 0}  # this round's: Flower's count_bytes(), lost replies
 
-    def train(self, round_: int, downlinks: dict[int, bytes | None]) -> dict[int, ClientReply]:
+    def train(self, round_: int, downlinks: dict[int, bytes | Catchup | None]) -> dict[int, ClientReply]:
         self.flower_bytes = {"up": 0, "down": 0, "lost": 0}
         messages = []
         for c, data in downlinks.items():
             content = RecordDict({"config": ConfigRecord({"round": round_})})
-            if data is not None:
+            if isinstance(data, Catchup):  # [downlink]: the node brings its copy of x̂ up to date
+                catchup_content(content, data)
+            elif data is not None:
                 content[WIRE_KEY] = wire_record(data)
             self.flower_bytes["down"] += count_bytes(content)
             messages.append(Message(content, dst_node_id=self.node_of[c], message_type=TRAIN,
@@ -173,6 +178,8 @@ def serve(grid: Grid, exp: Experiment, out: str | Path | None, *, resume: bool =
         return run_async(grid, exp, out, resume=resume, overwrite=overwrite, timeout=timeout, progress=progress,
                          clock=clock)
     run_dir, p = prepare(exp, out, resume, overwrite)
+    if p.hidden is not None and p.round:  # resumed: what the nodes kept is not known (maybe new nodes)
+        downlink.Server(p.hidden, exp.wire).forget_all()
     clients = GridClients(grid, exp, timeout)
     return drive(exp, p, clients, run_dir, progress=progress, on_round_end=clients.annotate)
 

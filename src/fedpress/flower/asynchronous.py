@@ -7,22 +7,23 @@ as they come, hands each to the same server code as the virtual-clock engine
 (`sim.asynchronous.accept`), and takes a server step (`server_step`) whenever the
 algorithm's buffer of K updates is full. The clock is real time since the run began.
 
-    server -> node   config {version, seq, from}; "fedpress": the start's download (x, Q_s(x));
-                     "fedpress-sync": QAFeL's hidden state x̂ whole ("join") or the
-                     broadcasts q the node has not applied yet ("q000000012", ...)
+    server -> node   config {version, seq}; "fedpress": the start's download (x, Q_s(x));
+                     QAFeL: the node's catch-up of x̂ (config sync-form, sync-base,
+                     sync-version; "fedpress-sync": its frames in order)
     node -> server   config {version, seq}; "fedpress": Q_c(Δ); "metrics": loss, num-examples
 
 Staleness is τ = the server's version now − the version carried in the reply (checked
 against the one the server sent). The node's synced copy of x̂ and its version live in
 Context.state, like every other client state.
 
-QAFeL's broadcast, delivered lazily. The virtual-clock engine sends every q to every
-joined client at once (spec §5.2), and its ledger counts each q once per receiver. Here
-a node receives the q's it missed with its next start, in order, so an idle node costs
-nothing and a node never holds two messages. Its x̂ is the same bit for bit when it
-trains (it applies the same decoded q's in the same order). When the missed q's would
-cost more than x̂ itself, the node gets x̂ whole instead (counted DOWN). The ledger counts
-what crossed: each q once per node that received it.
+QAFeL's broadcast, delivered lazily, as in the virtual clock (runtime/downlink.py): each
+q is encoded once at its server step and kept; a node is brought from the version of x̂ it
+holds to the current one with its next start, in the smallest exact form (the q's it
+missed in order, the coordinates of x̂ that changed since with their values, or x̂
+whole), so an idle node costs nothing. Its x̂ is the server's bit for bit when it trains.
+The ledger counts what crossed: each frame once per node that received it, a node's
+first download as JOIN (none with [downlink] init = "seeded": it rebuilds x0). A node
+that answers with an error is sent x̂ whole (or caught up from x0) next time.
 """
 
 from __future__ import annotations
@@ -34,20 +35,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedpress import wire
-from fedpress.algorithms import RoundContext, Uplink
-from fedpress.flower.messages import SYNC_KEY, TRAIN_ASYNC, count_bytes, discover, error_reason, parse_reply
-from fedpress.flower.records import WIRE_KEY, wire_array, wire_record
-from fedpress.metrics.ledger import DOWN, JOIN
+from fedpress.algorithms import Uplink
+from fedpress.flower.messages import TRAIN_ASYNC, catchup_content, count_bytes, discover, error_reason, parse_reply
+from fedpress.flower.records import WIRE_KEY, wire_record
+from fedpress.metrics.ledger import DOWN
 from fedpress.rng import derive
+from fedpress.runtime import downlink
 from fedpress.runtime.accept import accept
 from fedpress.runtime.experiment import Experiment
 from fedpress.runtime.outputs import Display, steps_postfix
 from fedpress.runtime.rejections import Rejection, tally
-from fedpress.runtime.transport import Transport, dense_frame_bytes
+from fedpress.runtime.transport import Transport
 from fedpress.runtime.turn import ClientReply, client_context
 from fedpress.sim import asynchronous as engine
 from fedpress.wire.message import Message as WireMessage
@@ -76,12 +77,11 @@ class GridAsync:
         self.pending: dict[str, Pending] = {}  # message id -> start
         self.lost: set[int] = set()  # clients whose node stopped answering: not started again
         self.errors: dict[int, int] = {}  # client -> error replies in a row (MAX_ERRORS: lost)
-        self.held: dict[int, int] = {}  # client -> version of the x̂ its node holds (QAFeL; fresh on resume)
-        self.history: dict[int, bytes] = {}  # version v -> the q that made x̂_v, while worth keeping
         self.transport = Transport(p.ledger, exp.wire)
-        self.dense = dense_frame_bytes(exp.wire)  # x̂ whole: the most catching up may cost
         self.flower_bytes = {"up": 0, "down": 0}
         self.t0 = clock() - p.now  # a resumed run's clock goes on from its checkpoint
+        if p.hidden is not None and p.started:  # resumed: what the nodes kept is not known (maybe new nodes)
+            downlink.Server(p.hidden, exp.wire).forget_all()
 
     # ------------------------------------------------------------ starts
 
@@ -104,11 +104,14 @@ class GridAsync:
         p.started += 1
         cctx = client_context(self.exp, seq, client, t)
         # what start() counts and marks is undone if Flower cannot take the message
-        mark, held, joined = self.transport.mark(), dict(self.held), bool(p.joined[client])
-        content = RecordDict({"config": ConfigRecord({"version": t, "seq": seq, "from": self.held.get(client, -1)})})
-        sync = self.sync_frames(client)
-        if sync:
-            content[SYNC_KEY] = ArrayRecord({name: wire_array(data) for name, data in sync.items()})
+        mark, joined = self.transport.mark(), bool(p.joined[client])
+        held = dict(p.hidden.held) if p.hidden is not None else None
+        content = RecordDict({"config": ConfigRecord({"version": t, "seq": seq})})
+        p.joined[client] = True
+        if p.hidden is not None:  # QAFeL: the node's x̂ caught up from the version it holds
+            got = downlink.Server(p.hidden, self.exp.wire).catch_up(client)
+            downlink.post({client: got}, self.transport, t)
+            catchup_content(content, got)
         down, p.server = alg.dispatch(p.server, cctx)
         if down is not None:
             content[WIRE_KEY] = wire_record(self.transport.post(down, t, DOWN, client))
@@ -117,31 +120,12 @@ class GridAsync:
         ids = list(self.grid.push_messages([message]))
         if len(ids) != 1 or not ids[0]:  # Flower could not take it: nothing crossed, and the node is given up
             self.transport.undo(mark)
-            self.held, p.joined[client] = held, joined
+            p.joined[client] = joined
+            if held is not None:
+                p.hidden.held = held
             self.lose(client, "could not be sent a message (Flower refused it)")
             return
         self.pending[ids[0]] = Pending(client, t, seq, self.clock())
-
-    def sync_frames(self, client: int) -> dict[str, bytes]:
-        """QAFeL: x̂ whole for a node that holds none (first time: JOIN; again: DOWN), else
-        the q's it has not applied, or x̂ whole when they would cost more."""
-        p, t = self.p, self.p.round
-        first = self.alg.join(p.server, RoundContext(t, self.cfg.seed, (client,), self.exp.model,
-                                                     self.cfg.data.num_clients))
-        if first is None:
-            return {}  # FedBuff, Naive: the dispatch carries everything
-        held = self.held.get(client)
-        missed = range(held + 1, t + 1) if held is not None else range(0)
-        if held is not None and all(v in self.history for v in missed) and \
-                sum(len(self.history[v]) for v in missed) < self.dense:
-            for v in missed:  # encoded once at the server step, counted as each node gets it
-                self.transport.count(self.history[v], t, DOWN, client)
-            self.held[client] = t
-            return {f"q{v:09d}": self.history[v] for v in missed}
-        direction = DOWN if bool(p.joined[client]) else JOIN
-        p.joined[client] = True
-        self.held[client] = t
-        return {"join": self.transport.post(first, t, direction, client)}
 
     # ------------------------------------------------------------ arrivals
 
@@ -174,7 +158,8 @@ class GridAsync:
                 self.lose(f.client)
             elif self.errors[f.client] >= MAX_ERRORS:
                 self.lose(f.client, f"answered {MAX_ERRORS} starts in a row with an error")
-            self.held.pop(f.client, None)  # whatever it holds, it gets x̂ whole next time
+            if self.p.hidden is not None:  # whatever its node holds, it gets x̂ whole (or from x0) next time
+                downlink.Server(self.p.hidden, self.exp.wire).forget(f.client)
             return ClientReply(None, float("nan"), 0, reason)
         self.errors.pop(f.client, None)
         self.flower_bytes["up"] += count_bytes(reply.content)
@@ -242,11 +227,9 @@ class GridAsync:
                         return
 
     def broadcast(self, q: WireMessage) -> None:
-        """QAFeL's q after a server step: encoded once, kept for the nodes to catch up on while
-        the q's since the oldest kept one cost less than x̂ whole; counted as each node gets it."""
-        self.history[self.p.round + 1] = wire.encode(q, self.exp.wire)
-        while sum(map(len, self.history.values())) >= self.dense:
-            del self.history[min(self.history)]
+        """QAFeL's q after a server step: encoded once and kept; each node gets it, or what
+        replaces it, with its next start (counted then)."""
+        engine.keep_broadcast(self.exp, self.p, q)
 
 
 # --- the ServerApp's main for an asynchronous config ---

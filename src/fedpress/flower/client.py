@@ -13,11 +13,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedpress.flower.messages import COPY_KEY, SYNC_KEY, reply_content
+from fedpress.flower.messages import COPY_KEY, read_catchup, reply_content
 from fedpress.flower.records import WIRE_KEY, load_state, save_state, wire_bytes
+from fedpress.runtime import downlink
+from fedpress.runtime.downlink import Catchup
 from fedpress.runtime.executor import EXECUTORS
 from fedpress.runtime.experiment import Experiment
 from fedpress.runtime.turn import Turn, client_context, client_turns
@@ -39,6 +41,25 @@ def turn_of(exp: Experiment, context: Context, turn: Turn):
     return reply
 
 
+def sync_copy(exp: Experiment, context: Context, c: Catchup, add=downlink.add_q) -> torch.Tensor:
+    """The node's copy of x̂ (Context.state) brought from c.base to c.version by the frames
+    alone; a node that holds no copy starts from nothing, or from x0 rebuilt from the run
+    seed (init = "seeded"). A catch-up from a version the node does not hold is an error
+    (the server then sends x̂ whole next time); x̂ whole replaces whatever it holds."""
+    found, synced = load_state(context, COPY_KEY)
+    if found:
+        held, copy = int(synced["version"]), synced["copy"]
+    else:
+        seeded = exp.downlink is not None and exp.downlink.seeded
+        held, copy = (0, exp.x0) if seeded else (downlink.NONE, None)
+    if c.form != "whole" and c.base != held:  # x̂ whole replaces whatever the node holds
+        raise RuntimeError(f"client {int(context.node_config['partition-id'])}: holds x̂ of version {held}, "
+                           f"the catch-up is from version {c.base}")
+    x = downlink.apply(copy, c, exp.wire, add)
+    save_state(context, {"copy": x, "version": c.version}, COPY_KEY)
+    return x
+
+
 def client_app(source: Callable[..., Experiment], threads: int = 1, mods: Sequence = ()) -> ClientApp:
     """A ClientApp that trains the node's partition (`node_config["partition-id"]`) with the
     config's algorithm, its state kept in Context.state between rounds; `mods`: Flower
@@ -50,8 +71,11 @@ def client_app(source: Callable[..., Experiment], threads: int = 1, mods: Sequen
         torch.set_num_threads(threads)  # one thread: the same floating-point sums as the simulator
         exp, c = source(context), int(context.node_config["partition-id"])
         t = int(msg.content["config"]["round"])
-        received = decode(wire_bytes(msg.content[WIRE_KEY]), exp.wire).expand(exp.wire) \
-            if WIRE_KEY in msg.content else None
+        if (catchup := read_catchup(msg.content)) is not None:  # [downlink]: the node's x̂, caught up
+            received = sync_copy(exp, context, catchup)
+        else:
+            received = decode(wire_bytes(msg.content[WIRE_KEY]), exp.wire).expand(exp.wire) \
+                if WIRE_KEY in msg.content else None
         reply = turn_of(exp, context, Turn(c, client_state(exp, context), received, t))
         return Message(reply_content(reply), reply_to=msg)
 
@@ -92,22 +116,10 @@ def start(exp: Experiment, msg: Message, context: Context) -> Message:
     alg, layout = exp.algorithm, exp.wire
     c = int(context.node_config["partition-id"])
     head = msg.content["config"]
-    version, seq, held = int(head["version"]), int(head["seq"]), int(head["from"])
+    version, seq = int(head["version"]), int(head["seq"])
 
-    frames = msg.content[SYNC_KEY] if SYNC_KEY in msg.content else ArrayRecord()
-    copy = None
-    if "join" in frames:
-        copy = decode(frames["join"].data, layout).expand(layout)
-    elif held >= 0:  # QAFeL: the node holds x̂ of version `held`; apply the q's since, in order
-        found, synced = load_state(context, COPY_KEY)
-        if not found or synced["version"] != held:
-            raise RuntimeError(f"client {c}: holds x̂ of version {synced['version'] if found else None}, "
-                               f"the server sent the broadcasts after version {held}")
-        copy = synced["copy"]
-        for name in sorted(frames.keys()):  # q000000007, q000000008, ...
-            copy = alg.apply_broadcast(copy, decode(frames[name].data, layout), layout)
-    if len(frames):
-        save_state(context, {"copy": copy, "version": version}, COPY_KEY)
+    catchup = read_catchup(msg.content)  # QAFeL: the node's x̂ brought to this version
+    copy = sync_copy(exp, context, catchup, alg.apply_broadcast) if catchup is not None else None
     received = decode(wire_bytes(msg.content[WIRE_KEY]), layout).expand(layout) if WIRE_KEY in msg.content else copy
     if received is None:
         raise RuntimeError(f"client {c}: the start brought no model and the node holds no synced state")

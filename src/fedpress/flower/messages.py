@@ -1,13 +1,14 @@
 """What fedpress's Flower messages hold, read and written in one place (server and client).
 
 Messages (synchronous ones with group_id = the round):
-    train                      server -> node: {"config": round, "fedpress": frame?}
+    train                      server -> node: {"config": round, "fedpress": frame?}, or with a
+                               [downlink] table the node's catch-up of x̂ (`catchup_content`)
                                node -> server: {"fedpress": frame} or {"config": refused}, {"metrics": loss, n}
     query.fedpress_partition   which partition (client id) a node holds
     query.fedpress_reply       the server's reply to the round's uploaders (Scaffnew's x_bar)
     train.fedpress_async       one start of FedBuff / QAFeL / Naive (see asynchronous.py):
-                               server -> node: config {version, seq, from}; "fedpress": the start's
-                               download; "fedpress-sync": x̂ whole ("join") or the missed q's
+                               server -> node: config {version, seq}; "fedpress": the start's
+                               download; QAFeL: the node's catch-up of x̂ (`catchup_content`)
                                node -> server: as train, with config {version, seq}
 """
 
@@ -16,10 +17,11 @@ from __future__ import annotations
 import sys
 import time
 
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedpress.flower.records import WIRE_KEY, NotFedpress, wire_bytes, wire_record
+from fedpress.flower.records import WIRE_KEY, WIRE_STYPE, NotFedpress, wire_array, wire_bytes, wire_record
+from fedpress.runtime.downlink import Catchup
 from fedpress.runtime.rejections import Rejection
 from fedpress.runtime.turn import ClientReply
 
@@ -27,7 +29,7 @@ TRAIN = MessageType.TRAIN
 PARTITION = "query.fedpress_partition"
 REPLY = "query.fedpress_reply"
 TRAIN_ASYNC = "train.fedpress_async"
-SYNC_KEY = "fedpress-sync"  # a start's record of x̂ or missed broadcasts
+SYNC_KEY = "fedpress-sync"  # the frames of a catch-up of x̂ (runtime/downlink.py)
 COPY_KEY = "fedpress-copy"  # Context.state: {"copy": x̂, "version": v}
 
 # Flower's ErrorCode: 3 message unavailable, 4 reply unavailable, 5 node unavailable (failed heartbeats)
@@ -92,6 +94,29 @@ def reply_content(reply: ClientReply, **config) -> RecordDict:
     else:
         content[WIRE_KEY] = wire_record(reply.data)
     return content
+
+
+def catchup_content(content: RecordDict, c: Catchup) -> None:
+    """A catch-up of x̂ into a message's content: its form and versions in the "config"
+    record, its frames (in order) under SYNC_KEY, one Array each."""
+    content["config"].update({"sync-form": c.form, "sync-base": c.base, "sync-version": c.version,
+                              "sync-first": c.first})
+    content[SYNC_KEY] = ArrayRecord({f"f{i:06d}": wire_array(frame) for i, frame in enumerate(c.frames)})
+
+
+def read_catchup(content: RecordDict) -> Catchup | None:
+    """What `catchup_content` wrote; None when the message carries no catch-up."""
+    config = content.config_records.get("config")
+    if config is None or "sync-form" not in config:
+        return None
+    record = content.array_records.get(SYNC_KEY, ArrayRecord())
+    frames = []
+    for name in sorted(record.keys()):  # f000000, f000001, ...: version order
+        if record[name].stype != WIRE_STYPE:
+            raise NotFedpress(f"catch-up frame {name!r} is not of stype {WIRE_STYPE!r}")
+        frames.append(record[name].data)
+    return Catchup(str(config["sync-form"]), int(config["sync-base"]), int(config["sync-version"]), tuple(frames),
+                   bool(config["sync-first"]))
 
 
 def addressee(reply: Message, sent: list[Message]) -> int | None:

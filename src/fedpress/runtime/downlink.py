@@ -64,7 +64,7 @@ class Catchup:
 class Downlink:
     """A run's hidden-state downlink, built from its [downlink] table."""
 
-    codec: Codec  # C, stateless
+    codec: Codec | None  # C, stateless; None for QAFeL, whose q is its algorithm's server quantizer
     seeded: bool = False  # a client's first model is x0 rebuilt from the run seed (init = "seeded")
 
 
@@ -183,9 +183,14 @@ class Server:
         return got
 
     def forget(self, client: int) -> None:
-        """The client holds nothing we know of (its node lost its state): next time it gets
-        x̂ whole, or (seeded) catches up from x0."""
+        """The client holds nothing we know of (its node answered with an error, or the
+        server restarted and cannot know what the nodes kept): next time it gets x̂ whole,
+        or (seeded) catches up from x0."""
         self.hs.held[client] = NONE
+
+    def forget_all(self) -> None:
+        for client in self.hs.held:
+            self.forget(client)
 
 
 def post(catchups: dict[int, Catchup], transport: Transport, round_: int) -> None:
@@ -246,7 +251,7 @@ class Replicas:
             held, copy = (0, seed_model) if seed_model is not None else (NONE, None)
         else:
             copy = self.copies[held]
-        if c.base != held:
+        if c.form != "whole" and c.base != held:  # x̂ whole replaces whatever the client holds
             raise RuntimeError(f"client {client} holds x̂ of version {held}, the catch-up is from version {c.base}")
         x = apply(copy, c, layout, add)
         if c.version in self.copies and x is not self.copies[c.version]:

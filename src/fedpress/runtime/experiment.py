@@ -100,6 +100,12 @@ def hidden_downlink(cfg: Config, algorithm: Algorithm) -> Downlink | None:
     model (`RoundsAlgorithm.downlink_content`); a ConfigError for one whose is not."""
     if cfg.downlink is None:
         return None
+    seeded = cfg.downlink.init == "seeded"
+    if algorithm.runtime == "buffered":  # QAFeL's own hidden state: only its clients' first model is chosen here
+        if not algorithm.keeps_hidden_state:
+            raise ConfigError(f"[downlink] sets how clients get a hidden state x̂; {cfg.algorithm.name} keeps none "
+                              f"(its clients download the model with every start)")
+        return Downlink(None, seeded)
     what = algorithm.downlink_content
     if what != MODEL:
         raise ConfigError(f"[downlink] compresses a broadcast of the model with a hidden state; "
@@ -108,4 +114,4 @@ def hidden_downlink(cfg: Config, algorithm: Algorithm) -> Downlink | None:
         raise ConfigError(f"algorithm.downlink = {cfg.algorithm.params['downlink']!r} and a [downlink] table both "
                           f"set the downlink; use one (downlink.codec = \"{cfg.algorithm.params['downlink']}\" is "
                           f"the hidden-state version of it)")
-    return Downlink(codec_of(cfg.downlink), seeded=cfg.downlink.init == "seeded")
+    return Downlink(codec_of(cfg.downlink), seeded)

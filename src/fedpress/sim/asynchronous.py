@@ -14,13 +14,16 @@ one row of the results (`rounds` in the config counts server steps).
     durations  |N(0,1)|, Exp(1) or 1, times `scale`, divided by the client's speed factor
     staleness  τ = server version now − version at start; w(τ) constant, 1/(1+τ)^a or
                hinge; τ > max_staleness: the update crossed the wire but is dropped
-    wire       join (first download, ledger JOIN), dispatch (per start, DOWN), upload (UP),
-               server broadcast (one DOWN entry with its number of receivers: every client
-               that joined, since each keeps its copy of x̂ in sync)
+    wire       dispatch (per start, DOWN), upload (UP); QAFeL: each server step's q is
+               encoded once and kept, and a starting client is caught up from the version
+               of x̂ it holds (runtime/downlink.py: the missed q's, the changed coordinates,
+               or x̂ whole, whichever is smallest; its first download counted JOIN, or
+               nothing with [downlink] init = "seeded"), as Flower delivers them: a client
+               that does not start receives nothing
 
-Every client that joined holds the same synced copy (they apply the same decoded
-broadcasts), so the engine keeps that copy once, as `deliver` in rounds.py decodes a
-multicast once; a late joiner's download must equal it bit for bit (checked).
+QAFeL's clients rebuild x̂ from the bytes they receive (`Replicas`: one copy per version
+some client holds, copies of one version equal bit for bit, checked); they train from the
+same x̂ as the server's, so the model is what eager delivery gave.
 
 All randomness derives from (seed, purpose, start number | server step), so a run
 resumed from a checkpoint (written after a server step) ends with identical outputs.
@@ -39,13 +42,15 @@ from typing import Any
 
 import torch
 
+from fedpress import wire
 from fedpress.algorithms import RoundContext, Uplink
 from fedpress.config import AsyncConfig, Config
 from fedpress.errors import ConfigError
-from fedpress.metrics.ledger import BROADCAST, DOWN, JOIN, Ledger
+from fedpress.metrics.ledger import DOWN, Ledger
 from fedpress.rng import derive
-from fedpress.runtime import experiment
+from fedpress.runtime import downlink, experiment
 from fedpress.runtime.accept import accept
+from fedpress.runtime.downlink import HiddenState, Replicas
 from fedpress.runtime.executor import Executor, make_executor
 from fedpress.runtime.experiment import Experiment
 from fedpress.runtime.outputs import (
@@ -140,8 +145,9 @@ class AsyncProgress:
     ledger: Ledger
     rows: list[dict]
     density: list[list[float]]
-    joined: torch.Tensor  # (N,) bool: clients that hold the synced copy and receive broadcasts
-    copy: torch.Tensor | None = None  # the synced state every joined client holds (QAFeL's x̂)
+    joined: torch.Tensor  # (N,) bool: clients that have started at least once
+    hidden: HiddenState | None = None  # QAFeL: x̂'s versions, the q's, what each client holds (runtime/downlink.py)
+    replicas: Replicas | None = None  # QAFeL: the clients' copies of x̂, one per version held
     flights: list[Flight] = field(default_factory=list)  # a heap
     now: float = 0.0  # virtual time
     started: int = 0  # starts so far
@@ -170,7 +176,16 @@ def setup(cfg: Config) -> Experiment:
 def fresh(exp: Experiment) -> AsyncProgress:
     ledger = Ledger(dense_frame_bytes(exp.wire))
     joined = torch.zeros(exp.config.data.num_clients, dtype=torch.bool)
-    return AsyncProgress(0, exp.algorithm.init_server(exp.x0, exp.model.layout), {}, ledger, [], [], joined)
+    p = AsyncProgress(0, exp.algorithm.init_server(exp.x0, exp.model.layout), {}, ledger, [], [], joined)
+    if exp.algorithm.keeps_hidden_state:  # the x̂ clients are caught up from: QAFeL's x̂_0 = x0 (spec §5.2)
+        rctx = RoundContext(0, exp.config.seed, (), exp.model, exp.config.data.num_clients)
+        x_hat = exp.algorithm.join(p.server, rctx).expand(exp.wire)
+        seeded = exp.downlink is not None and exp.downlink.seeded
+        if seeded and not torch.equal(x_hat, exp.x0):
+            raise ConfigError(f"downlink.init = \"seeded\": a client rebuilds x0 from the seed, but "
+                              f"{exp.algorithm.name}'s hidden state does not start at x0")
+        p.hidden, p.replicas = downlink.start(x_hat, exp.wire, seeded), Replicas()
+    return p
 
 
 class Engine:
@@ -221,26 +236,17 @@ class Engine:
         self.start(int(idle[pick]))
 
     def start(self, client: int) -> None:
-        """Join (first time), download, the client's turn (trained for real now), and the
-        upload's arrival scheduled."""
+        """Catch-up (QAFeL: the client's x̂ brought to this version, counted as it goes
+        down), download, the client's turn (trained for real now), and the upload's arrival
+        scheduled."""
         cfg, p, alg, exp = self.cfg, self.p, self.alg, self.exp
         seq = p.started
         p.started += 1
-        rctx = RoundContext(p.round, cfg.seed, (client,), exp.model, cfg.data.num_clients)
-        if not p.joined[client]:
-            p.joined[client] = True
-            first = alg.join(p.server, rctx)
-            if first is not None:
-                copy = self.transport.send(first, p.round, JOIN, client).expand(exp.wire)
-                if p.copy is not None and not torch.equal(copy, p.copy):
-                    raise RuntimeError(
-                        f"{alg.name}: a joining client's download differs from the state the "
-                        f"other clients hold; the join message must carry it exactly"
-                    )
-                p.copy = copy
+        p.joined[client] = True
+        synced = self.catch_up(client) if p.hidden is not None else None
         # ClientContext.round is the start's number: each start draws its own streams
         down, p.server = alg.dispatch(p.server, client_context(exp, seq, client, p.round))
-        received = p.copy if down is None else self.transport.send(down, p.round, DOWN, client).expand(exp.wire)
+        received = synced if down is None else self.transport.send(down, p.round, DOWN, client).expand(exp.wire)
         if received is None:
             raise RuntimeError(f"{alg.name}: dispatch sent nothing, and the client holds no synced state")
         state = p.clients[client] if client in p.clients else alg.init_client(exp.model.layout)
@@ -249,6 +255,19 @@ class Engine:
         finish = p.now + duration(self.acfg, cfg.seed, seq, float(self.speed[client]))
         heapq.heappush(p.flights, Flight(finish, seq, client, p.round, p.now, None))
         self.busy[client] = True
+
+    def catch_up(self, client: int) -> torch.Tensor:
+        """QAFeL: the starting client's copy of x̂, brought lazily from the version it holds
+        to this one in the smallest exact form (runtime/downlink.py); clients that do not
+        start receive nothing."""
+        p, exp = self.p, self.exp
+        channel = downlink.Server(p.hidden, exp.wire)
+        got = channel.catch_up(client)
+        downlink.post({client: got}, self.transport, p.round)
+        seed_model = exp.x0 if p.hidden.seeded else None
+        copy = p.replicas.receive(client, got, exp.wire, seed_model, add=self.alg.apply_broadcast)
+        p.replicas.prune()
+        return copy
 
     def train_pending(self) -> None:
         """The client turns of the starts since the last batch, as one batch through the
@@ -286,16 +305,11 @@ class Engine:
         return self.alg.ready(p.server)
 
     def flush(self, wall: float) -> dict:
-        """The server step, its broadcast sent eagerly to every joined client (one DOWN entry
-        with its number of receivers), whose synced copy moves with it."""
-
+        """The server step. Its broadcast q (QAFeL) is encoded once and kept: each client
+        gets it, or what replaces it, when it next starts (`catch_up`)."""
         self.train_pending()  # the starts before this step: every flight holds its upload at a checkpoint
-
-        def broadcast(q: Message) -> None:
-            arrived = self.transport.send(q, self.p.round, DOWN, BROADCAST, receivers=int(self.p.joined.sum()))
-            self.p.copy = self.alg.apply_broadcast(self.p.copy, arrived, self.exp.wire)
-
-        return server_step(self.exp, self.p, wall, broadcast, in_flight=len(self.p.flights))
+        return server_step(self.exp, self.p, wall, lambda q: keep_broadcast(self.exp, self.p, q),
+                           in_flight=len(self.p.flights))
 
 
 # ---------------------------------------------------------------------------- the server's side
@@ -303,6 +317,14 @@ class Engine:
 # Shared by both clocks: the virtual one above and Flower's real one
 # (fedpress.flower.asynchronous), which hand each upload `accept` let through to `take`
 # and call `server_step` when the algorithm says its buffer is ready.
+
+
+def keep_broadcast(exp: Experiment, p: AsyncProgress, q: Message) -> None:
+    """A server step's q: encoded once and applied to the server's record of x̂ (QAFeL's
+    x̂ + q), kept for the clients to catch up on. Nothing is counted here: bytes are
+    counted as each client receives them."""
+    frame = wire.encode(q, exp.wire)
+    p.hidden = downlink.advance(p.hidden, frame, wire.decode(frame, exp.wire), exp.wire, exp.algorithm.apply_broadcast)
 
 
 def round_ctx(exp: Experiment, p: AsyncProgress) -> RoundContext:

@@ -32,7 +32,7 @@ from fedpress.runtime.downlink import Catchup, HiddenState, Replicas
 from fedpress.runtime.executor import make_executor
 from fedpress.runtime.experiment import Experiment, setup
 from fedpress.runtime.outputs import Display, RunDirectory, close_row, due, evaluate_into, round_row, warn_if_empty
-from fedpress.runtime.rejections import Refusal
+from fedpress.runtime.rejections import Refusal, Rejection
 from fedpress.runtime.transport import Transport, dense_frame_bytes
 from fedpress.runtime.turn import ClientReply
 from fedpress.sim.clients import InProcessClients
@@ -95,8 +95,11 @@ def server_round(exp: Experiment, p: Progress, clients: Fleet, t: int) -> dict:
         channel = downlink.Server(hidden, exp.wire)
         catchups = {c: channel.catch_up(c) for c in sampled}
         downlink.post(catchups, transport, t)
-        p.hidden = channel.hs
         replies = clients.train(t, catchups)
+        for c in sampled:  # a node that raised or was lost may not hold x̂ now: x̂ whole next time
+            if c not in replies or replies[c].refused in (Rejection.NO_REPLY.name, Rejection.CLIENT_ERROR.name):
+                channel.forget(c)
+        p.hidden = channel.hs
 
     uplinks: list[Uplink] = []
     rejected: list[Refusal] = []
