@@ -22,13 +22,17 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,flower]'
 	touch $(STAMP)
 
-# The default experiment: FedAvg against Top-k 1% + fp16 with error feedback on MNIST.
+# The default experiment: FedAvg against Top-k 1% + fp16 with error feedback on MNIST, with
+# the dense fp32 downlink and with a hidden-state Top-k 1% + fp16 downlink (both directions compressed).
 RUNS := runs/quickstart
+TOPK_EF := --set algorithm.name=topk_ef --set algorithm.ratio=0.01 --set algorithm.precision=fp16
 run: $(STAMP)
 	$(BIN)/fedpress run configs/quickstart.toml --overwrite --out $(RUNS)/fedavg --set name=fedavg
-	$(BIN)/fedpress run configs/quickstart.toml --overwrite --out $(RUNS)/topk_ef --set name=topk_ef_1pct_fp16 \
-	    --set algorithm.name=topk_ef --set algorithm.ratio=0.01 --set algorithm.precision=fp16
-	$(BIN)/fedpress compare $(RUNS)/fedavg $(RUNS)/topk_ef --target-accuracy 0.97
+	$(BIN)/fedpress run configs/quickstart.toml --overwrite --out $(RUNS)/topk_ef --set name=topk_ef_1pct_fp16 $(TOPK_EF)
+	$(BIN)/fedpress run configs/quickstart.toml --overwrite --out $(RUNS)/topk_ef_down \
+	    --set name=topk_ef_1pct_fp16_down_topk_1pct_fp16 $(TOPK_EF) \
+	    --set downlink.codec=top_k+fp16 --set downlink.ratio=0.01 --set downlink.init=seeded
+	$(BIN)/fedpress compare $(RUNS)/fedavg $(RUNS)/topk_ef $(RUNS)/topk_ef_down --target-accuracy 0.97
 
 codecs: $(STAMP)
 	$(BIN)/python -m fedpress.demo

@@ -271,7 +271,7 @@ def summarize(exp, p, diverged_at_round: int | None = None) -> dict:
     if diverged_at_round is not None:  # the model the run ended with, not the last evaluated one
         final, _ = evaluate(exp.model, exp.algorithm.model(p.server), exp.dataset.x_test, exp.dataset.y_test,
                             device=exp.device)
-    return {
+    summary = {
         "name": cfg.name,
         "algorithm": cfg.algorithm.name,
         "dataset": cfg.data.dataset,
@@ -296,6 +296,9 @@ def summarize(exp, p, diverged_at_round: int | None = None) -> dict:
         "wall_seconds": sum(r["wall_seconds"] for r in rows),
         "diverged_at_round": diverged_at_round,  # None: the run went to the end
     }
+    if "cum_initial_downlink_bytes" in last:  # first downloads, also counted in downlink_bytes
+        summary["initial_downlink_bytes"] = last["cum_initial_downlink_bytes"]
+    return summary
 
 
 # ---------------------------------------------------------------------------- progress

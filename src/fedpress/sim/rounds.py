@@ -31,7 +31,16 @@ from fedpress.runtime.accept import accept
 from fedpress.runtime.downlink import Catchup, HiddenState, Replicas
 from fedpress.runtime.executor import make_executor
 from fedpress.runtime.experiment import Experiment, setup
-from fedpress.runtime.outputs import Display, RunDirectory, close_row, due, evaluate_into, round_row, warn_if_empty
+from fedpress.runtime.outputs import (
+    CUMULATIVE,
+    Display,
+    RunDirectory,
+    close_row,
+    due,
+    evaluate_into,
+    round_row,
+    warn_if_empty,
+)
 from fedpress.runtime.rejections import Refusal, Rejection
 from fedpress.runtime.transport import Transport, dense_frame_bytes
 from fedpress.runtime.turn import ClientReply
@@ -122,8 +131,12 @@ def server_round(exp: Experiment, p: Progress, clients: Fleet, t: int) -> dict:
     row.update(alg.round_metrics(server, p.server, uplinks, rctx))
     if due(cfg, t):
         evaluate_into(row, exp, alg.model(p.server))
+    cumulative = CUMULATIVE
+    if exp.downlink is not None:  # first downloads (x̂ whole, or a seeded client's first catch-up), also alone
+        row.update(p.ledger.initial_totals(t))
+        cumulative = (*CUMULATIVE, "initial_downlink_bytes")
     p.round = t + 1
-    return close_row(row, p.rows, time.perf_counter() - started)
+    return close_row(row, p.rows, time.perf_counter() - started, cumulative)
 
 
 class Diverged(RuntimeError):
