@@ -43,7 +43,7 @@ if __name__ == "__main__":
     lines = ["| Run | Final acc. (%) | up MB | down MB | total MB | total MB to 97% | rounds to 97% | seeds |",
              "|:---|---:|---:|---:|---:|---:|---:|---:|"]
     for variant in VARIANTS:
-        dirs = [out / f"seed{s}" / variant for s in args.seeds if (out / f"seed{s}" / variant / "summary.json").exists()]
+        dirs = [d for d in (out / f"seed{s}" / variant for s in args.seeds) if (d / "summary.json").exists()]
         rows = compare_rows([str(d) for d in dirs], 0.97) if dirs else []
         cells = [mean_std([r[k] * scale if r[k] is not None else None for r in rows]) for k, scale in keys]
         lines.append(f"| {variant} | " + " | ".join(cells) + f" | {len(rows)} |")
