@@ -21,12 +21,13 @@ VARIANTS = {
 
 
 def mean_std(values: list) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
+    """mean ± sample std of the seeds that have a value; "(k of n)" when some have none
+    (a run that never reached the target)."""
+    known = [v for v in values if v is not None]
+    if not known:
         return "—"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+    text = f"{known[0]:.2f}" if len(known) == 1 else f"{statistics.mean(known):.2f} ± {statistics.stdev(known):.2f}"
+    return text if len(known) == len(values) else f"{text} ({len(known)} of {len(values)})"
 
 
 if __name__ == "__main__":
