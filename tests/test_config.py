@@ -22,7 +22,7 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
 @pytest.mark.parametrize("change,message", [
     ({"bogus": 1}, "bogus is not a config key"),
     ({"rounds": 0}, "rounds = 0 must be >= 1"),
-    ({"rounds": "ten"}, "rounds = 'ten' must be a int"),
+    ({"rounds": "ten"}, "rounds = 'ten' must be an integer"),
     ({"clients_per_round": 50}, r"clients_per_round = 50 must be in \[1, data.num_clients = 20\]"),
     ({"data": {"dataset": "imagenet"}}, "data.dataset = 'imagenet'; allowed: .*mnist"),
     ({"data": {"partition": "dirichlet", "classes_per_client": 2}}, "data.classes_per_client is not a key"),
@@ -38,7 +38,7 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     ({"algorithm": {"name": "topk", "ratio": 2.0}}, r"algorithm.ratio = 2.0 must be in \(0, 1\]"),
     ({"algorithm": {"name": "topk", "precision": "fp8"}}, "algorithm.precision = 'fp8' is not allowed"),
     ({"algorithm": {"name": "fedavg", "ratio": 0.1}}, "algorithm.ratio is not a hyperparameter of 'fedavg'"),
-    ({"algorithm": {"name": "qsgd", "levels": "many"}}, "algorithm.levels = 'many' must be a int"),
+    ({"algorithm": {"name": "qsgd", "levels": "many"}}, "algorithm.levels = 'many' must be an integer"),
     ({"round_timeout": -1.0}, r"round_timeout = -1.0 must be >= 0 seconds"),
 ])
 def test_bad_configs_name_the_key_and_what_is_allowed(change, message):

@@ -76,8 +76,8 @@ def test_clients_per_round_is_not_checked_for_asynchronous_runs():
         ({"async": {"scale": -1.0}}, "async.scale = -1.0 must be > 0"),
         ({"async": {"max_staleness": -2}}, "async.max_staleness = -2 must be >= 0, or -1"),
         ({"async": {"speed_sigma": -0.1}}, "async.speed_sigma = -0.1 must be >= 0"),
-        ({"async": {"concurrency": "many"}}, "async.concurrency = 'many' must be a int"),
-        ({"async": {"eval_train": 1}}, "async.eval_train = 1 must be a bool"),
+        ({"async": {"concurrency": "many"}}, "async.concurrency = 'many' must be an integer"),
+        ({"async": {"eval_train": 1}}, "async.eval_train = 1 must be true or false"),
         ({"model": {"name": "logreg", "outputs": 2}}, r"model.outputs = 2; allowed: 0 \(one per class\), 1"),
         (
             {"model": {"name": "logreg", "width": 2}},

@@ -143,6 +143,7 @@ class AlgorithmConfig:
 @dataclass(frozen=True)
 class Config:
     name: str = "run"
+    plugins: tuple[str, ...] = ()  # modules imported before the config is checked: they register names
     seed: int = 0
     rounds: int = 100
     clients_per_round: int = 10
@@ -166,7 +167,9 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as TOML-shaped nested dicts (open tables flattened back)."""
         top = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not dataclasses.is_dataclass(
-            getattr(self, f.name)) and f.name not in ("asynchronous", "downlink")}
+            getattr(self, f.name)) and f.name not in ("asynchronous", "downlink", "plugins")}
+        if self.plugins:  # first, so that a resolved config names what it needs before it uses it
+            top = {"plugins": list(self.plugins), **top}
         tables = {"async": dataclasses.asdict(self.asynchronous)} if self.asynchronous is not None else {}
         if self.downlink is not None:
             tables["downlink"] = dataclasses.asdict(self.downlink)
@@ -185,6 +188,9 @@ class Config:
 # ---------------------------------------------------------------------------- checking
 
 
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def _check_type(key: str, value: Any, default: Any) -> Any:
     if isinstance(default, bool):
         ok = isinstance(value, bool)
@@ -196,7 +202,7 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        raise ConfigError(f"{key} = {value!r} must be a {type(default).__name__}")
+        raise ConfigError(f"{key} = {value!r} must be {_KINDS.get(type(default), 'a ' + type(default).__name__)}")
     return value
 
 
@@ -218,6 +224,12 @@ def _require(ok: bool, message: str) -> None:
 
 def from_dict(raw: Mapping[str, Any]) -> Config:
     raw = dict(raw)
+    plugins = raw.pop("plugins", [])
+    _require(isinstance(plugins, list | tuple) and all(isinstance(m, str) and m for m in plugins),
+             f"plugins = {plugins!r} must be a list of module names")
+    from fedpress.extend import import_plugins
+
+    import_plugins(plugins)  # what they register is then a name like the built-in ones
     raw_tables = set(raw) & {"async", "downlink"}
     tables = {}
     for name in ("data", "model", "train", "algorithm", "async", "downlink"):
@@ -225,7 +237,7 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         _require(isinstance(table, dict), f"[{name}] must be a table, got {table!r}")
         tables[name] = dict(table)
     top = _fixed(Config, raw, "")
-    cfg = Config(**top)
+    cfg = Config(**top, plugins=tuple(plugins))
     _require(cfg.rounds >= 1, f"rounds = {cfg.rounds} must be >= 1")
     _require(cfg.eval_every >= 1, f"eval_every = {cfg.eval_every} must be >= 1")
     _require(cfg.checkpoint_every >= 0, "checkpoint_every must be >= 0 (0: no checkpoints)")
@@ -260,7 +272,7 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
 
 
 def _data(table: dict, cfg: Config, is_async: bool = False) -> DataConfig:
-    from fedpress.data import list_datasets
+    from fedpress.data import dataset_names
     from fedpress.data.partition import PARTITIONERS
 
     d = DataConfig()
@@ -268,7 +280,7 @@ def _data(table: dict, cfg: Config, is_async: bool = False) -> DataConfig:
     num_clients = _check_type("data.num_clients", table.pop("num_clients", d.num_clients), d.num_clients)
     partition = _check_type("data.partition", table.pop("partition", d.partition), d.partition)
     normalize = _check_type("data.normalize", table.pop("normalize", d.normalize), d.normalize)
-    _require(dataset in list_datasets(), f"data.dataset = {dataset!r}; allowed: {', '.join(list_datasets())}")
+    _require(dataset in dataset_names(), f"data.dataset = {dataset!r}; allowed: {', '.join(dataset_names())}")
     _require(partition in PARTITIONERS, f"data.partition = {partition!r}; allowed: {', '.join(PARTITIONERS)}")
     _require(num_clients >= 1, "data.num_clients must be >= 1")
     _require(is_async or 1 <= cfg.clients_per_round <= num_clients,  # async: [async] concurrency instead

@@ -203,7 +203,9 @@ def resolve_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
             or (isinstance(param.default, str) and not isinstance(value, str))
         )
         if wrong:
-            raise ConfigError(f"algorithm.{key} = {value!r} must be a {type(param.default).__name__} ({param.doc})")
+            kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+                type(param.default), f"a {type(param.default).__name__}")
+            raise ConfigError(f"algorithm.{key} = {value!r} must be {kind} ({param.doc})")
         if param.choices is not None and value not in param.choices:
             raise ConfigError(f"algorithm.{key} = {value!r} is not allowed; allowed: {list(param.choices)}")
         if param.check is not None and not param.check(value):

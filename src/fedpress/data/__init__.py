@@ -9,7 +9,7 @@ mirror of the original files), then downloaded; each is md5-checked.
 `list_datasets`, `fetch` and `verify` back the ``fedpress datasets`` command.
 """
 
-from fedpress.data.loaders import Dataset, load
+from fedpress.data.loaders import Dataset, dataset_names, load
 from fedpress.data.partition import (
     class_counts,
     contiguous,
@@ -38,6 +38,7 @@ __all__ = [
     "FileCheck",
     "class_counts",
     "contiguous",
+    "dataset_names",
     "dirichlet",
     "fetch",
     "iid",

@@ -262,12 +262,30 @@ def _build(name: str, normalize: bool, files: tuple[tuple[str, str, int, int], .
     )
 
 
+# datasets registered by `fedpress.register_dataset`: name -> loader(normalize) -> Dataset
+CUSTOM: dict[str, Callable[[bool], Dataset]] = {}
+
+
+def dataset_names() -> list[str]:
+    """Every name `load` accepts: the datasets read from files, then the registered ones."""
+    from fedpress.data.sources import list_datasets
+
+    return [*list_datasets(), *CUSTOM]
+
+
 def load(name: str, *, normalize: bool = True) -> Dataset:
-    """Load dataset ``name`` ("mnist", "fashion_mnist", "cifar10", "cifar100", "mushrooms").
+    """Load dataset ``name`` ("mnist", "fashion_mnist", "cifar10", "cifar100", "mushrooms",
+    or one registered with `fedpress.register_dataset`).
 
     Files come from the cache, the mirror or a download, each md5-checked (see
     `fedpress.data.sources`). ``normalize=False`` keeps images on the [0, 1] scale.
     """
+    if name in CUSTOM:
+        ds = CUSTOM[name](normalize)
+        if not isinstance(ds, Dataset):
+            raise ValueError(f"dataset {name!r}: its registered loader returned a {type(ds).__name__}, "
+                             f"not a Dataset (see fedpress.dataset_from)")
+        return ds
     get_source(name)  # a clear ValueError for an unknown name
     if name not in RECIPES:
         readable = ", ".join(RECIPES)

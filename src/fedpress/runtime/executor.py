@@ -183,8 +183,13 @@ class Threads(Sequential):
 _worker: dict = {}  # in a worker process: its model, the shared training set
 
 
-def _start_worker(module: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor) -> None:
+def _start_worker(module: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, plugins: tuple[str, ...] = ()
+                  ) -> None:
     torch.set_num_threads(1)
+    if plugins:  # what the config's plugins register (a model class, a codec) exists here too
+        from fedpress.extend import import_plugins
+
+        import_plugins(plugins)
     _worker.update(model=FlatModel.of(module), x=x_train, y=y_train)
     # pay the first-use costs of autograd and the kernels once, at the start of the pool
     x0 = _worker["model"].initial().detach()
@@ -220,19 +225,21 @@ class Processes(Sequential):
     crosses as pickled (plan, indices, generator state) and a result as a pickled
     LocalResult: no client data crosses per job."""
 
-    def __init__(self, module: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, workers: int = 0):
+    def __init__(self, module: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, workers: int = 0,
+                 plugins: tuple[str, ...] = ()):
         import torch.multiprocessing as mp
 
         self.workers = workers or cores()
         x_train, y_train = x_train.share_memory_(), y_train.share_memory_()
         context = mp.get_context("spawn")  # a fork of a process with torch's threads running is unsafe
         self.pool = context.Pool(self.workers, initializer=_start_worker,
-                                 initargs=(copy.deepcopy(module).cpu(), x_train, y_train))
+                                 initargs=(copy.deepcopy(module).cpu(), x_train, y_train, tuple(plugins)))
         self.pool.starmap(_ready, [()] * (4 * self.workers), chunksize=1)  # the workers have started
 
     @classmethod
     def of(cls, exp) -> Processes:
-        return cls(exp.model.module, exp.dataset.x_train, exp.dataset.y_train, exp.config.workers)
+        return cls(exp.model.module, exp.dataset.x_train, exp.dataset.y_train, exp.config.workers,
+                   exp.config.plugins)
 
     def run(self, model: FlatModel, jobs: list[Job], spec: TrainSpec) -> list[LocalResult]:
         if any(job.indices is None for job in jobs):  # jobs made by hand, not from the training set
