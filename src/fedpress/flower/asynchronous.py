@@ -81,7 +81,9 @@ class GridAsync:
         self.flower_bytes = {"up": 0, "down": 0}
         self.t0 = clock() - p.now  # a resumed run's clock goes on from its checkpoint
         if p.hidden is not None and p.started:  # resumed: what the nodes kept is not known (maybe new nodes)
-            downlink.Server(p.hidden, exp.wire).forget_all()
+            channel = downlink.Server(p.hidden, exp.wire)
+            channel.forget_all()
+            p.hidden = channel.hs
 
     # ------------------------------------------------------------ starts
 
@@ -105,11 +107,12 @@ class GridAsync:
         cctx = client_context(self.exp, seq, client, t)
         # what start() counts and marks is undone if Flower cannot take the message
         mark, joined = self.transport.mark(), bool(p.joined[client])
-        held = dict(p.hidden.held) if p.hidden is not None else None
         content = RecordDict({"config": ConfigRecord({"version": t, "seq": seq})})
         p.joined[client] = True
+        channel = None
         if p.hidden is not None:  # QAFeL: the node's x̂ caught up from the version it holds
-            got = downlink.Server(p.hidden, self.exp.wire).catch_up(client)
+            channel = downlink.Server(p.hidden, self.exp.wire)
+            got = channel.catch_up(client)
             downlink.post({client: got}, self.transport, t)
             catchup_content(content, got)
         down, p.server = alg.dispatch(p.server, cctx)
@@ -121,10 +124,10 @@ class GridAsync:
         if len(ids) != 1 or not ids[0]:  # Flower could not take it: nothing crossed, and the node is given up
             self.transport.undo(mark)
             p.joined[client] = joined
-            if held is not None:
-                p.hidden.held = held
             self.lose(client, "could not be sent a message (Flower refused it)")
             return
+        if channel is not None:  # it crossed: the server now counts the node as caught up
+            p.hidden = channel.hs
         self.pending[ids[0]] = Pending(client, t, seq, self.clock())
 
     # ------------------------------------------------------------ arrivals
@@ -159,7 +162,9 @@ class GridAsync:
             elif self.errors[f.client] >= MAX_ERRORS:
                 self.lose(f.client, f"answered {MAX_ERRORS} starts in a row with an error")
             if self.p.hidden is not None:  # whatever its node holds, it gets x̂ whole (or from x0) next time
-                downlink.Server(self.p.hidden, self.exp.wire).forget(f.client)
+                channel = downlink.Server(self.p.hidden, self.exp.wire)
+                channel.forget(f.client)
+                self.p.hidden = channel.hs
             return ClientReply(None, float("nan"), 0, reason)
         self.errors.pop(f.client, None)
         self.flower_bytes["up"] += count_bytes(reply.content)

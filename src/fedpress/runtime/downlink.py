@@ -130,10 +130,12 @@ class Server:
     """Catch-ups for the clients of one server version, from a HiddenState. Frames made for
     one client are reused for the next at the same version (x̂ whole; the changed
     coordinates since a base), so clients that get the same bytes get the same object and
-    `post` counts it once with its receivers."""
+    `post` counts it once with its receivers. What it records (the version each client now
+    holds) is in `self.hs`, a new HiddenState: the caller keeps it once what it sent has
+    crossed, and drops it otherwise (the state it started from is left as it was)."""
 
     def __init__(self, hs: HiddenState, layout: Layout):
-        self.hs, self.layout = hs, layout
+        self.hs, self.layout = replace(hs, held=dict(hs.held)), layout
         self._whole: dict[int, bytes] = {}
         self._changed: dict[tuple[int, int], bytes] = {}
 

@@ -264,6 +264,7 @@ class Engine:
         channel = downlink.Server(p.hidden, exp.wire)
         got = channel.catch_up(client)
         downlink.post({client: got}, self.transport, p.round)
+        p.hidden = channel.hs
         seed_model = exp.x0 if p.hidden.seeded else None
         copy = p.replicas.receive(client, got, exp.wire, seed_model, add=self.alg.apply_broadcast)
         p.replicas.prune()
