@@ -19,7 +19,7 @@ $(BIN)/python:
 # torch is pinned and installed first: an unpinned torch would pull a multi-GB CUDA build.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,flower]'
+	$(BIN)/pip install --quiet -e '.[test,flower,tensorboard]'
 	touch $(STAMP)
 
 # The default experiment: FedAvg against Top-k 1% + fp16 with error feedback on MNIST, with

@@ -1,21 +1,26 @@
 """The `fedpress` command.
 
     fedpress run CONFIG.toml [--set dotted.key=value ...] [--out DIR] [--resume | --overwrite]
-                 [--engine sim|flower [--ray-address HOST:PORT]]
+                 [--engine sim|flower [--ray-address HOST:PORT]] [--tensorboard] [--quiet]
     fedpress compare DIR ... [--target-accuracy A] [--plot PATH]
     fedpress datasets list | verify [NAME ...] | fetch NAME ...
     fedpress partition CONFIG.toml [--set ...] [--plot PATH]
     fedpress algorithms
+    fedpress --version
+
+docs/outputs.md describes the run directory `fedpress run` writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
 from pathlib import Path
 
+from fedpress import __version__
 from fedpress.errors import CheckpointError, ConfigError, RunDirectoryError
 
 
@@ -25,6 +30,9 @@ def _run(args) -> int:
 
     if args.ray_address is not None and args.engine != "flower":
         print("fedpress: --ray-address needs --engine flower (the simulator does not use Ray)", file=sys.stderr)
+        return 2
+    if args.tensorboard and args.engine == "flower":  # run_flower takes no round callback
+        print("fedpress: --tensorboard needs --engine sim", file=sys.stderr)
         return 2
     cfg = load(args.config, args.set)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
@@ -38,8 +46,19 @@ def _run(args) -> int:
         if address is not None and not args.ray_address:
             print(f"fedpress: Flower on the Ray cluster at RAY_ADDRESS={address}", file=sys.stderr)
         engine = functools.partial(run_flower, ray_address=address)
+    board = contextlib.nullcontext()
+    if args.tensorboard:
+        from fedpress.runtime.outputs import TENSORBOARD, TensorBoard
+
+        try:
+            board = TensorBoard(out / TENSORBOARD)  # before any data is loaded
+        except ImportError as e:
+            print(f"fedpress: {e}", file=sys.stderr)
+            return 2
+        engine = functools.partial(engine, on_round_end=board)
     try:
-        summary = engine(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+        with board:
+            summary = engine(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     except ConnectionError as e:  # run_flower: nothing listens at the Ray address
         if address is None:
             raise
@@ -124,16 +143,21 @@ def _algorithms(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fedpress", description="Communication-efficient federated learning.")
+    ap.add_argument("--version", action="version", version=f"fedpress {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="train a config and write DIR/{config.toml,metrics.csv,summary.json,*.png}")
+    r = sub.add_parser("run", help="train a config and write its run directory (docs/outputs.md)")
     r.add_argument("config")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     r.add_argument("--out", help="run directory (default runs/<name>)")
     r.add_argument("--resume", action="store_true",
                    help="continue from DIR/checkpoint.pt, or extend a finished run to more rounds")
     r.add_argument("--overwrite", action="store_true", help="replace the run DIR holds (refused without it)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--quiet", action="store_true",
+                   help="no progress (a bar on a terminal, otherwise one line per round or server step)")
+    r.add_argument("--tensorboard", action="store_true",
+                   help="also write each row's scalars to DIR/tensorboard/ "
+                        "(needs: pip install 'fedpress[tensorboard]')")
     r.add_argument("--engine", choices=("sim", "flower"), default="sim",
                    help="fedpress's simulator, or Flower's simulation engine (Ray): the same bytes and model")
     r.add_argument("--ray-address", metavar="ADDRESS",

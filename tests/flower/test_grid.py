@@ -261,10 +261,10 @@ def test_a_killed_asynchronous_run_resumes_from_its_last_checkpoint(synthetic, o
     # the new nodes hold no x̂: each one's first start after the resume brings it whole (DOWN: they joined before)
     dense = dense_frame_bytes(exp.wire)
     entries = ledger(tmp_path / "resumed" / "ledger.csv")
-    joined = {e["client"] for e in entries if e["direction"] == "join" and int(e["round"]) < 4}
+    joined = {e["client"] for e in entries if e["direction"] == "join" and int(e["round"]) <= 4}
     first = {}
     for e in entries:
-        if int(e["round"]) >= 4 and e["direction"] in ("down", "join") and e["client"] in joined:
+        if int(e["round"]) > 4 and e["direction"] in ("down", "join") and e["client"] in joined:
             first.setdefault(e["client"], e)
     assert first and all((e["direction"], int(e["bytes"])) == ("down", dense) for e in first.values())
     assert whole["server_steps"] == cfg.rounds

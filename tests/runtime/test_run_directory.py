@@ -120,6 +120,13 @@ def test_overwrite_replaces_the_run(synthetic, tmp_path):
     assert summary["rounds"] == 3 and len(rows(tmp_path / "metrics.csv")) == 3
 
 
+def test_a_metrics_write_cut_short_is_cleared_on_resume(synthetic, tmp_path):
+    killed_at_round_3(tmp_path)
+    (tmp_path / "metrics.csv.tmp").write_text("round,wall_sec")  # a kill while metrics.csv was replaced
+    run(tiny_config(), tmp_path, progress=False, resume=True)
+    assert not list(tmp_path.glob("*.tmp")) and len(rows(tmp_path / "metrics.csv")) == 6
+
+
 # 3 rounds with eval_every = 2 evaluate round 3 only because it is the last; 6 rounds do not
 @pytest.mark.parametrize("first", [4, 3])
 def test_resuming_a_finished_run_with_more_rounds_extends_it_bit_for_bit(synthetic, tmp_path, first):
@@ -128,7 +135,8 @@ def test_resuming_a_finished_run_with_more_rounds_extends_it_bit_for_bit(synthet
     run(tiny_config(rounds=first, **cfg), tmp_path / "extended", progress=False)
     extended = run(tiny_config(rounds=6, **cfg), tmp_path / "extended", progress=False, resume=True)
     assert rows(tmp_path / "whole" / "metrics.csv") == rows(tmp_path / "extended" / "metrics.csv")
-    assert (tmp_path / "whole" / "ledger.csv").read_text() == (tmp_path / "extended" / "ledger.csv").read_text()
+    for name in ("ledger.csv", "model.safetensors"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "extended" / name).read_bytes(), name
     assert {k: v for k, v in extended.items() if k != "wall_seconds"} == \
         {k: v for k, v in whole.items() if k != "wall_seconds"}
 

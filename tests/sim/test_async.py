@@ -229,7 +229,7 @@ def test_qafel_ledger_counts_what_each_starting_client_receives(synthetic, tmp_p
     assert any(int(e["bytes"]) < frame / 3 for e in downs)  # the q's: Q_s(x - x_hat) with 8 levels
     table = rows(tmp_path / "metrics.csv")
     for r in table:
-        mine = [e for e in ledger if e["direction"] != UP and int(e["round"]) == int(r["round"]) - 1]
+        mine = [e for e in ledger if e["direction"] != UP and int(e["round"]) == int(r["round"])]
         assert int(r["downlink_bytes"]) == int(r["downlink_broadcast_bytes"]) == sum(int(e["bytes"]) for e in mine)
         assert int(r["initial_downlink_bytes"]) == sum(int(e["bytes"]) for e in mine if e["direction"] == JOIN)
     assert int(table[-1]["cum_initial_downlink_bytes"]) == frame * len(joins)

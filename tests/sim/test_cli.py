@@ -1,3 +1,7 @@
+import sys
+
+import pytest
+
 from fedpress.cli import main
 from fedpress.config import dumps
 from tests.sim.conftest import tiny_config
@@ -59,3 +63,40 @@ def test_partition_command_shows_the_split_the_run_uses(synthetic, tmp_path, cap
     sizes = sorted(int(p.numel()) for p in setup(cfg).parts)
     assert str(max(sizes)) in out and str(min(sizes)) in out
     assert (tmp_path / "split.png").stat().st_size > 0
+
+
+def test_version(capsys):
+    from fedpress import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"fedpress {__version__}\n"
+
+
+def test_run_with_tensorboard_writes_its_events_into_the_run_directory(synthetic, tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    config = tmp_path / "tiny.toml"
+    config.write_text(dumps(tiny_config(rounds=2)))
+    assert main(["run", str(config), "--out", str(tmp_path / "r"), "--tensorboard", "--quiet"]) == 0
+    assert list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))
+    (tmp_path / "r" / "tensorboard" / "stale").write_text("")
+    assert main(["run", str(config), "--out", str(tmp_path / "r"), "--overwrite", "--quiet"]) == 0
+    assert not (tmp_path / "r" / "tensorboard").exists()  # --overwrite replaced the run, its events too
+
+
+def test_tensorboard_without_the_package_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    config = tmp_path / "tiny.toml"
+    config.write_text(dumps(tiny_config()))
+    assert main(["run", str(config), "--out", str(tmp_path / "r"), "--tensorboard", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'fedpress[tensorboard]'" in err
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_tensorboard_on_flower_is_refused(tmp_path, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(dumps(tiny_config()))
+    assert main(["run", str(config), "--engine", "flower", "--tensorboard", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == "fedpress: --tensorboard needs --engine sim"

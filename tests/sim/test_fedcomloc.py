@@ -248,4 +248,5 @@ def test_a_diverged_server_model_ends_the_run_with_its_outputs(synthetic, tmp_pa
     summary = run(cfg, tmp_path, progress=False)
     assert summary["diverged_at_round"] is not None and summary["rounds"] == summary["diverged_at_round"] - 1
     ledger_rounds = {int(line.split(",")[0]) for line in (tmp_path / "ledger.csv").read_text().splitlines()[1:]}
-    assert ledger_rounds and ledger_rounds <= set(range(summary["rounds"]))  # nothing of the diverged round
+    # ledger.csv's rounds are 1-based, as metrics.csv's: nothing of the diverged round
+    assert ledger_rounds and ledger_rounds <= set(range(1, summary["rounds"] + 1))

@@ -92,8 +92,12 @@ class Ledger:
         return out
 
     def to_rows(self) -> list[list[int | str]]:
-        return [[e.round, e.direction, e.client, e.nbytes, e.receivers] for e in self.entries]
+        """ledger.csv's rows: round, direction, client, bytes, receivers. The round is 1-based
+        there, the metrics row the bytes are counted in (metrics.csv's `round`); the entries
+        (and checkpoints) keep the 0-based round t."""
+        return [[e.round + 1, e.direction, e.client, e.nbytes, e.receivers] for e in self.entries]
 
     @classmethod
     def from_rows(cls, dense_bytes: int, rows: list) -> Ledger:
-        return cls(int(dense_bytes), [Entry(int(r), str(d), int(c), int(n), int(k)) for r, d, c, n, k in rows])
+        """The ledger of ledger.csv's rows (`to_rows`: 1-based rounds)."""
+        return cls(int(dense_bytes), [Entry(int(r) - 1, str(d), int(c), int(n), int(k)) for r, d, c, n, k in rows])

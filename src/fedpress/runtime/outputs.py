@@ -1,16 +1,23 @@
 """The run directory, written the same way by every runtime:
 
-    DIR/config.toml     the resolved config
-    DIR/metrics.csv     one row per round or server step (accuracy when evaluated, bytes, cumulative bytes)
-    DIR/summary.json    final and best accuracy, total bytes and their dense equivalents
-    DIR/ledger.csv      every message: round, direction, client, bytes, receivers
-    DIR/density.csv     per round, the fraction of each tensor's coordinates the uploads carried
-    DIR/*.png           accuracy against rounds and against cumulative MB
-    DIR/checkpoint.pt   where the run stands, every `checkpoint_every` rows (removed at the end)
+    DIR/config.toml        the resolved config
+    DIR/metrics.csv        one row per round or server step (accuracy when evaluated, bytes, cumulative
+                           bytes), brought up to date after each evaluated row and each checkpoint
+    DIR/summary.json       final and best accuracy, total bytes and their dense equivalents (strict JSON)
+    DIR/ledger.csv         every message: round (1-based, as in metrics.csv), direction, client, bytes, receivers
+    DIR/density.csv        per round, the fraction of each tensor's coordinates the uploads carried
+    DIR/*.png              accuracy against rounds and against cumulative MB
+    DIR/checkpoint.pt      where the run stands, every `checkpoint_every` rows (removed at the end)
+    DIR/final.pt           the state a finished run ended with
+    DIR/model.safetensors  the final model's tensors by name
+    DIR/tensorboard/       each row's scalars, with `fedpress run --tensorboard` (`TensorBoard`)
+
+docs/outputs.md is the reference.
 
 Here too: the metrics row's common columns (`round_row`, `close_row`), the checkpointer
 (one tree of the run's progress dataclass, `fedpress.state`, no pickle) and the progress
-display. The synchronous loop and both asynchronous clocks use all of them.
+display (a bar on a terminal, one line per row otherwise). The synchronous loop and both
+asynchronous clocks use all of them.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import shutil
 import sys
 import tempfile
 import tomllib
@@ -112,7 +121,8 @@ def due(cfg: Config, t: int) -> bool:
 
 
 OUTPUTS = ("config.toml", "metrics.csv", "summary.json", "ledger.csv", "density.csv", "checkpoint.pt", "final.pt",
-           "accuracy_vs_round.png", "accuracy_vs_mb.png")
+           "model.safetensors", "accuracy_vs_round.png", "accuracy_vs_mb.png")
+TENSORBOARD = "tensorboard"  # a directory: `TensorBoard` writes its event files there
 
 
 class RunDirectory:
@@ -127,6 +137,9 @@ class RunDirectory:
         self.path = path
         self.checkpoint = path / "checkpoint.pt"
         self.final = path / "final.pt"
+        self.resumed: Any = None  # the progress `open` found to go on from
+        # (rows, columns) of metrics.csv as this process last wrote it; None: not written yet
+        self.metrics_written: tuple[int, list[str]] | None = None
 
     @classmethod
     def open(cls, cfg: Config, out: str | Path | None, kind: type, *, resume: bool = False,
@@ -142,7 +155,7 @@ class RunDirectory:
         run.check_writable()
         progress = None
         if resume:
-            progress = run.resumable(cfg, dumps(cfg), kind)
+            progress = run.resumed = run.resumable(cfg, dumps(cfg), kind)
         elif (run.path / "config.toml").exists() and not overwrite:
             raise RunDirectoryError(f"{run.path} holds a run already; --resume continues it, --overwrite "
                                     f"replaces it, or give another --out")
@@ -157,9 +170,15 @@ class RunDirectory:
         if fresh:
             for name in OUTPUTS:
                 (self.path / name).unlink(missing_ok=True)
-        for leftover in [*self.path.glob("checkpoint.pt*.tmp"), *self.path.glob("final.pt*.tmp")]:
+            if (self.path / TENSORBOARD).is_dir():
+                shutil.rmtree(self.path / TENSORBOARD)
+        for leftover in [*self.path.glob("checkpoint.pt*.tmp"), *self.path.glob("final.pt*.tmp"),
+                         *self.path.glob("metrics.csv*.tmp")]:
             leftover.unlink()  # the file it was replacing is intact
         (self.path / "config.toml").write_text(dumps(cfg))
+        if not fresh and self.resumed is not None:
+            # rows past the checkpoint were written live; the resumed run recomputes them identically
+            self.write_metrics(self.resumed.rows)
 
     def check_writable(self) -> None:
         """The directory exists (made if not), can be written, and none of the names fedpress
@@ -224,19 +243,42 @@ class RunDirectory:
         state_io.save({"progress": progress}, path)
 
     def write_metrics(self, rows: list[dict]) -> None:
-        """The fixed columns first, then any others (round_metrics, the asynchronous ones), in first-seen order."""
+        """metrics.csv whole, replaced atomically (a kill mid-write leaves the rows it had):
+        the fixed columns first, then any others (round_metrics, the asynchronous ones), in
+        first-seen order."""
         extra = [k for r in rows for k in r if k not in METRIC_COLUMNS]
-        with open(self.path / "metrics.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS + list(dict.fromkeys(extra)))
+        columns = METRIC_COLUMNS + list(dict.fromkeys(extra))
+        tmp = self.path / "metrics.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
-            for r in rows:
-                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+            writer.writerows(map(csv_row, rows))
+        os.replace(tmp, self.path / "metrics.csv")
+        self.metrics_written = (len(rows), columns)
+
+    def append_metrics(self, rows: list[dict]) -> None:
+        """The rows metrics.csv lacks, appended; the file rewritten whole when this process has
+        not written it yet (a fresh start) or a new row brings a column its header lacks. The
+        file is always the first rows of the one `write_outputs` writes."""
+        if self.metrics_written is None:
+            return self.write_metrics(rows)
+        written, columns = self.metrics_written
+        new = rows[written:]
+        if written > len(rows) or any(k not in columns for r in new for k in r):
+            return self.write_metrics(rows)
+        with open(self.path / "metrics.csv", "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=columns).writerows(map(csv_row, new))
+        self.metrics_written = (len(rows), columns)
 
     def after_row(self, cfg: Config, progress: Any, done: int) -> None:
-        """Every `checkpoint_every` rows (not after the last), a checkpoint and metrics.csv."""
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.rounds:
+        """After each row (every runtime calls this): every `checkpoint_every` rows (not after
+        the last), a checkpoint; after a checkpoint or an evaluated row, metrics.csv brought up
+        to date, so that a run killed at any moment keeps every evaluated row."""
+        checkpoint = cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.rounds
+        if checkpoint:
             self.save_checkpoint(progress)
-            self.write_metrics(progress.rows)
+        if checkpoint or progress.rows[-1]["test_accuracy"] != "":
+            self.append_metrics(progress.rows)
 
     def write_outputs(self, exp, p, diverged_at_round: int | None = None, **extra: Any) -> dict:
         """final.pt, metrics.csv, ledger.csv, density.csv, summary.json (with `extra`) and the
@@ -245,21 +287,67 @@ class RunDirectory:
         with open(self.path / "ledger.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["round", "direction", "client", "bytes", "receivers"])
-            writer.writerows(p.ledger.to_rows())
+            writer.writerows(p.ledger.to_rows())  # round 1-based: the metrics row the bytes are in
         with open(self.path / "density.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["round", *exp.wire.names])
             writer.writerows([[i + 1, *(f"{v:.6g}" for v in d)] for i, d in enumerate(p.density)])
         # the final state first: a run killed from here on resumes from its checkpoint and ends the same
         self.save(p, self.final)
+        self.write_model(exp, p)
         summary = summarize(exp, p, diverged_at_round)
         summary.update(extra)
-        (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (self.path / "summary.json").write_text(json.dumps(strict_json(summary), indent=2, allow_nan=False) + "\n")
         from fedpress.report import plot_run
 
         plot_run(self.path)
         self.checkpoint.unlink(missing_ok=True)  # the run is complete: final.pt and the outputs are its record
         return summary
+
+    def write_model(self, exp, p) -> None:
+        """model.safetensors: the final model's tensors under their names in the module's
+        state_dict, with the run in the metadata (all strings, as safetensors requires)."""
+        from safetensors.torch import save
+
+        from fedpress import __version__
+
+        cfg = exp.config
+        x = exp.algorithm.model(p.server).detach().cpu()
+        # clones: safetensors refuses tensors that share memory, and the views share the flat vector
+        tensors = {name: t.clone() for name, t in exp.model.tensors(x).items()}
+        # the integer buffers (BatchNorm's num_batches_tracked) are not in the flat state; zeros, as the run used
+        tensors.update({name: t.cpu() for name, t in exp.model.counters().items()})
+        metadata = {"format": "pt", "fedpress_version": __version__, "name": cfg.name,
+                    "algorithm": cfg.algorithm.name, "dataset": cfg.data.dataset, "model": cfg.model.name,
+                    "rounds": str(len(p.rows)), "config": dumps(cfg)}
+        (self.path / "model.safetensors").write_bytes(canonical_header(save(tensors, metadata=metadata)))
+
+
+def canonical_header(data: bytes) -> bytes:
+    """A safetensors file with its JSON header's keys sorted: safetensors writes its metadata
+    in a random order (a hash map), and a resumed run must end with the same bytes. The
+    header stays padded with spaces to 8 bytes; the tensors' offsets count from its end."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data[8 + n :]
+
+
+def csv_row(row: dict) -> dict:
+    """A metrics row as metrics.csv holds it: floats to 6 significant digits."""
+    return {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def strict_json(value: Any) -> Any:
+    """NaN and infinities as null, at any depth: summary.json is strict JSON (a run with no
+    test split has no accuracy, a run with no staleness no mean staleness)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def summarize(exp, p, diverged_at_round: int | None = None) -> dict:
@@ -319,19 +407,40 @@ def steps_postfix(rows: list[dict]) -> str:
     return f"t {row['virtual_time']:.1f} uploads {row['uploads']} {sent_mb(row)}"
 
 
+def log_line(name: str, unit: str, total: int, row: dict) -> str:
+    """One row as one line of a log: test accuracy and loss when evaluated, the clients'
+    training loss, the virtual clock (server steps), cumulative MB each way, the row's seconds."""
+    parts = [f"{name} {unit} {row['round']}/{total}:"]
+    if row["test_accuracy"] != "":
+        parts.append(f"acc {row['test_accuracy']:.4f} loss {row['test_loss']:.4g}")
+    if row["train_loss"] != "":
+        parts.append(f"train loss {row['train_loss']:.4g}")
+    if "virtual_time" in row:
+        parts.append(f"t {row['virtual_time']:.1f} uploads {row['uploads']}")
+    parts.append(f"up {row['cum_uplink_bytes'] / 1e6:,.2f} MB down {row['cum_downlink_bytes'] / 1e6:,.2f} MB "
+                 f"{row['wall_seconds']:.2f} s")
+    return " ".join(parts)
+
+
 class Display:
-    """The progress bar of a run (rounds or server steps); nothing when disabled."""
+    """The progress of a run (rounds or server steps): a bar when stdout is a terminal, one
+    plain line per row when it is not (a log file, a batch job: no carriage returns);
+    nothing when disabled."""
 
     def __init__(self, cfg: Config, start: int, enabled: bool, unit: str = "round",
                  postfix: Callable[[list[dict]], str] = rounds_postfix):
         self.postfix = postfix
         self.bar = None
-        if enabled:
+        self.lines = enabled and not sys.stdout.isatty()
+        self.name, self.unit, self.total = cfg.name, unit, cfg.rounds
+        if enabled and not self.lines:
             from tqdm import tqdm
 
             self.bar = tqdm(total=cfg.rounds, initial=start, desc=cfg.name, unit=unit, dynamic_ncols=True)
 
     def update(self, rows: list[dict]) -> None:
+        if self.lines:
+            print(log_line(self.name, self.unit, self.total, rows[-1]), flush=True)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix_str(self.postfix(rows))
@@ -339,3 +448,55 @@ class Display:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+# ---------------------------------------------------------------------------- TensorBoard
+
+
+def scalars(row: dict) -> dict[str, float]:
+    """A row's scalars for TensorBoard, under their metrics.csv column names: test accuracy
+    and loss (evaluated rows), the clients' training loss, cumulative bytes up, down and
+    both (`cum_total_bytes`), and every numeric column beyond the fixed ones (round_metrics,
+    the asynchronous clock's)."""
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    fixed = ("test_accuracy", "test_loss", "train_loss", "cum_uplink_bytes", "cum_downlink_bytes")
+    out = {k: row[k] for k in fixed if number(row.get(k))}
+    out["cum_total_bytes"] = row["cum_uplink_bytes"] + row["cum_downlink_bytes"]
+    out.update({k: v for k, v in row.items() if k not in METRIC_COLUMNS and number(v)})
+    return out
+
+
+class TensorBoard:
+    """An `on_round_end` callback that writes each row's `scalars` to `path` (DIR/tensorboard
+    with `fedpress run --tensorboard`), at step = the row's round, flushed at once so a killed
+    run keeps them. Needs the `tensorboard` extra: an ImportError that says so without it.
+    The writer opens with the first row: a resumed run hides (purges) what a killed run wrote
+    from that round on, and rewrites it identically."""
+
+    def __init__(self, path: str | Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # torch's own message does not name the extra
+            raise ImportError("--tensorboard needs the tensorboard package: pip install 'fedpress[tensorboard]'"
+                              ) from None
+        self.path, self.open_writer, self.writer = Path(path), SummaryWriter, None
+
+    def __call__(self, row: dict) -> None:
+        step = int(row["round"])
+        if self.writer is None:
+            self.writer = self.open_writer(str(self.path), purge_step=step if step > 1 else None)
+        for tag, value in scalars(row).items():
+            self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def __enter__(self) -> TensorBoard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
