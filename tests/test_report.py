@@ -7,6 +7,7 @@ import struct
 
 import numpy as np
 import pytest
+from matplotlib.collections import PolyCollection
 
 from fedpress.report import (
     METRICS_COLUMNS,
@@ -15,6 +16,10 @@ from fedpress.report import (
     compare,
     compare_figure,
     compare_rows,
+    expand_runs,
+    group_markdown_table,
+    group_note,
+    group_rows,
     markdown_table,
     plot_compare,
     plot_run,
@@ -23,6 +28,7 @@ from fedpress.report import (
     rounds_to_target,
     run_figures,
     table_note,
+    target_fraction,
     text_table,
 )
 
@@ -219,19 +225,22 @@ def test_missing_metrics_file_raises_naming_the_path(topk_run):
     (topk_run / "metrics.csv").unlink()
     with pytest.raises(FileNotFoundError, match="metrics.csv") as info:
         read_metrics(topk_run)
-    assert str(topk_run / "metrics.csv") in str(info.value)
+    assert str(info.value) == f"{topk_run}: no metrics.csv (not a fedpress run directory)"
     with pytest.raises(FileNotFoundError, match="metrics.csv"):
         plot_run(topk_run)
 
 
 def test_missing_run_dir_and_summary_raise(tmp_path, topk_run):
-    with pytest.raises(FileNotFoundError, match="run directory not found"):
+    with pytest.raises(FileNotFoundError, match="no such directory"):
         read_metrics(tmp_path / "nope")
     (topk_run / "summary.json").unlink()
     with pytest.raises(FileNotFoundError) as info:
         read_summary(topk_run)
-    assert str(topk_run / "summary.json") in str(info.value)
+    assert str(info.value) == f"{topk_run}: no summary.json (not a fedpress run directory)"
     with pytest.raises(FileNotFoundError, match="summary.json"):
+        compare([topk_run])
+    (topk_run / "config.toml").write_text('name = "x"\n')  # a run that is still going
+    with pytest.raises(FileNotFoundError, match="no summary.json \\(a run that has not finished\\)"):
         compare([topk_run])
 
 
@@ -671,3 +680,275 @@ def test_run_figures_bytes_figure_has_uplink_downlink_and_total_panels(topk_run)
     np.testing.assert_allclose(up.get_lines()[0].get_xdata(), [0.5, 1.0, 1.5])
     np.testing.assert_allclose(down.get_lines()[0].get_xdata(), [2.0, 4.0, 6.0])
     np.testing.assert_allclose(total.get_lines()[0].get_xdata(), [2.5, 5.0, 7.5])
+
+
+# ----------------------------------------------------------------------------- groups of seeds
+
+
+def write_seed(root, group, seed, *, lr=0.1, name=None, async_=False, **run):
+    """A run of `write_run` at root/group/seed<seed> with a config.toml (the seed, the name and
+    the learning rate that makes the group), as `fedpress run` writes one."""
+    name = name or group
+    path = write_run(root / group, f"seed{seed}", name=name, **run)
+    text = f'name = "{name}"\nseed = {seed}\nrounds = {len(run["accuracy"])}\nexecutor = "sequential"\n'
+    text += f"\n[train]\nlr = {lr}\n"
+    if async_:
+        text += '\n[async]\nconcurrency = 4\neval_train = true\n'
+    (path / "config.toml").write_text(text)
+    return path
+
+
+@pytest.fixture
+def seeds(tmp_path):
+    """Group "a": three seeds (lr 0.1); group "b": two seeds (lr 0.2); "c": one run (lr 0.3).
+    Target 0.8: a's seeds reach it at rounds 2, 3, 2; b's seed 1 never does."""
+    a = [
+        write_seed(tmp_path, "a", 0, algorithm="topk", accuracy=[0.5, 0.8, 0.85], up=200_000, down=1_000_000,
+                   dense_up=2_000_000),
+        write_seed(tmp_path, "a", 1, algorithm="topk", accuracy=[0.4, 0.7, 0.9], up=300_000, down=1_000_000,
+                   dense_up=2_000_000),
+        write_seed(tmp_path, "a", 2, algorithm="topk", accuracy=[0.6, 0.82, 0.84], up=250_000, down=1_200_000,
+                   dense_up=2_000_000),
+    ]
+    b = [
+        write_seed(tmp_path, "b", 0, lr=0.2, algorithm="fedavg", accuracy=[0.7, 0.81, 0.83], up=2_000_000,
+                   down=2_000_000, dense_up=2_000_000),
+        write_seed(tmp_path, "b", 1, lr=0.2, algorithm="fedavg", accuracy=[0.6, 0.7, 0.75], up=2_100_000,
+                   down=2_000_000, dense_up=2_000_000),
+    ]
+    c = [write_seed(tmp_path, "c", 5, lr=0.3, algorithm="fedavg", accuracy=[0.5, 0.9, 0.95], up=1_000_000,
+                    down=1_000_000, dense_up=1_000_000)]
+    return a, b, c
+
+
+def cells_of(table):
+    """{header: [cell per row]} of a plain-text table: columns split at the header's words,
+    right-aligned cells ending where their header ends."""
+    lines = table.splitlines()
+    header, rule, *rows = lines[: lines.index("")]
+    spans, at = [], 0
+    for dashes in rule.split("  "):
+        spans.append((at, at + len(dashes)))
+        at += len(dashes) + 2
+    names = [header[s:e].strip() for s, e in spans]
+    return {n: [row[s:e].strip() for row in rows] for n, (s, e) in zip(names, spans, strict=True)}
+
+
+def test_group_rows_mean_and_std_are_numpys_over_the_seeds(seeds):
+    a, b, c = seeds
+    groups = group_rows([*a, *b, *c], 0.8)
+    assert [g["label"] for g in groups] == ["a", "b", "c"]
+    assert [g["runs"] for g in groups] == [3, 2, 1]
+    assert groups[0]["seeds"] == [0, 1, 2] and groups[2]["seeds"] == [5]
+    rows = {g["label"]: compare_rows(g["run_dirs"], 0.8) for g in groups}
+    for group in groups[:1]:
+        for key in ("final_accuracy", "uplink_mb", "downlink_mb", "total_mb", "total_mb_to_target",
+                    "uplink_mb_to_target", "rounds_to_target"):
+            values = np.array([r[key] for r in rows[group["label"]]], dtype=float)
+            stat = group[key]
+            assert stat.count == stat.runs == 3
+            assert stat.mean == pytest.approx(np.mean(values), rel=1e-12)
+            assert stat.std == pytest.approx(np.std(values, ddof=1), rel=1e-12)
+    # a: final accuracy 85, 90, 84 %; uplink 0.6, 0.9, 0.75 MB; rounds to 80%: 2, 3, 2
+    table = compare([*a, *b, *c], 0.8)
+    cells = cells_of(table)
+    assert cells["Run"] == ["a", "b", "c"] and cells["Seeds"] == ["3", "2", "1"]
+    acc = 100 * np.array([0.85, 0.9, 0.84])
+    assert cells["Final acc. (%)"][0] == f"{acc.mean():.2f} ± {acc.std(ddof=1):.2f}"
+    up = np.array([0.6, 0.9, 0.75])
+    assert cells["up MB"][0] == f"{up.mean():.2f} ± {up.std(ddof=1):.2f}"
+    total = np.array([0.6 + 3.0, 0.9 + 3.0, 0.75 + 3.6])
+    assert cells["total MB"][0] == f"{total.mean():.2f} ± {total.std(ddof=1):.2f}"
+    rounds = np.array([2, 3, 2])
+    assert cells["Rounds to 80%"][0] == f"{rounds.mean():.1f} ± {rounds.std(ddof=1):.1f}"
+    # a group of one seed shows its value, as the per-run table does
+    assert cells["Final acc. (%)"][2] == "95.00" and cells["Rounds to 80%"][2] == "2"
+    assert "mean ± sample standard deviation" in table.splitlines()[-1]
+
+
+def test_a_seed_that_misses_the_target_is_counted_apart_never_averaged_in(seeds):
+    _, b, _ = seeds
+    (group,) = group_rows(b, 0.8)
+    stat = group["total_mb_to_target"]
+    assert stat.values == (8.0, None)  # seed 0: 0.81 at round 2 (2 x 4 MB); seed 1 never
+    assert (stat.count, stat.runs, stat.mean, stat.std) == (1, 2, 8.0, None)
+    cells = cells_of(compare(b, 0.8))
+    assert cells["total MB to 80%"] == ["8.00 (1 of 2)"]
+    assert cells["Rounds to 80%"] == ["2 (1 of 2)"]
+    assert cells["Final acc. (%)"] == [f"{79.0:.2f} ± {np.std([83.0, 75.0], ddof=1):.2f}"]
+    a, b, c = seeds
+    cells = cells_of(compare([*a, b[1]], 0.9))
+    # a: only seed 1 reaches 90% (round 3); b's seed 1 never does: a cell without a value is a dash
+    assert cells["Rounds to 90%"] == ["3 (1 of 3)", "—"]
+    assert cells["up MB to 90%"] == ["0.90 (1 of 3)", "—"]
+
+
+def test_compare_prints_the_per_run_table_unless_a_group_has_several_seeds(seeds):
+    a, b, c = seeds
+    singles = [a[0], b[0], c[0]]  # different learning rates: three groups of one
+    assert compare(singles, 0.8) == text_table(compare_rows(singles, 0.8))
+    assert "Seeds" in compare([a[0], a[1], c[0]])
+    # the execution keys and the name do not make another group; any other key does
+    config = a[1] / "config.toml"
+    config.write_text(config.read_text().replace('"sequential"', '"vmap"').replace('name = "a"', 'name = "a1"'))
+    summary = json.loads((a[1] / "summary.json").read_text())
+    (a[1] / "summary.json").write_text(json.dumps({**summary, "name": "a1"}))
+    (group, _) = group_rows([a[0], a[1], c[0]])
+    assert group["runs"] == 2 and group["name"] == "a, a1"
+    config.write_text(config.read_text().replace("rounds = 3", "rounds = 4"))
+    assert [g["runs"] for g in group_rows([a[0], a[1], c[0]])] == [1, 1, 1]
+
+
+def test_groups_sharing_a_name_are_told_apart_by_their_directory(tmp_path):
+    runs = [write_seed(tmp_path / f"lr{lr}", "mnist", s, lr=lr, algorithm="topk", accuracy=[0.5], up=1, down=1,
+                       dense_up=1) for lr in (0.1, 0.2) for s in (0, 1)]
+    assert [g["label"] for g in group_rows(runs)] == ["mnist [lr0.1/mnist]", "mnist [lr0.2/mnist]"]
+    md = group_markdown_table(group_rows(runs)).splitlines()
+    assert md[0].startswith("| Run | Algorithm | Seeds | Final acc. (%) |")
+    assert md[2].startswith("| mnist [lr0.1/mnist] | topk | 2 | 50.00 ± 0.00 |")
+    assert md[-2] == "" and md[-1] == group_note(group_rows(runs))
+
+
+def test_compare_figure_draws_a_mean_line_and_a_std_band_per_group(seeds):
+    a, b, c = seeds
+    # a's seed 2 is not evaluated at round 1: the group's curve is drawn at rounds 2 and 3 only
+    path = a[2] / "metrics.csv"
+    lines = path.read_text().splitlines()
+    header = lines[1].split(",")
+    header[METRICS_COLUMNS.index("test_accuracy")] = ""
+    path.write_text("\n".join([lines[0], ",".join(header), *lines[2:]]) + "\n")
+
+    fig = compare_figure([*a, *b, *c])
+    ax_round, ax_up, ax_down, ax_total = fig.axes
+    for ax in fig.axes:
+        bands = [coll for coll in ax.collections if isinstance(coll, PolyCollection)]
+        assert len(bands) == 2  # a and b; c is one run: a line without a band
+        assert len(ax.get_lines()) == 3
+    acc = 100 * np.array([[0.8, 0.85], [0.7, 0.9], [0.82, 0.84]])
+    line = ax_round.get_lines()[0]
+    np.testing.assert_array_equal(line.get_xdata(), [2, 3])
+    np.testing.assert_allclose(line.get_ydata(), acc.mean(axis=0))
+    band = ax_round.collections[0].get_paths()[0].vertices
+    low, high = acc.mean(axis=0) - acc.std(axis=0, ddof=1), acc.mean(axis=0) + acc.std(axis=0, ddof=1)
+    assert band[:, 1].min() == pytest.approx(low.min()) and band[:, 1].max() == pytest.approx(high.max())
+    # against bytes: the mean cumulative uplink of the seeds at rounds 2 and 3
+    up = np.array([[0.4, 0.6], [0.6, 0.9], [0.5, 0.75]])
+    np.testing.assert_allclose(ax_up.get_lines()[0].get_xdata(), up.mean(axis=0))
+    np.testing.assert_allclose(ax_up.get_lines()[0].get_ydata(), acc.mean(axis=0))
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "a (topk), mean ± std of 3 seeds", "b (fedavg), mean ± std of 2 seeds", "c (fedavg)",
+    ]
+
+
+# ----------------------------------------------------------------------------- objective runs
+
+
+@pytest.fixture
+def objective_run(tmp_path):
+    """An asynchronous logistic regression without a test split: no accuracy (null in summary.json),
+    the training objective at steps 2 and 4."""
+    return write_seed(
+        tmp_path, "qafel", 0, algorithm="qafel", async_=True, accuracy=[None] * 4, up=100, down=1_000,
+        dense_up=400, extra={"train_objective": ["", 0.5, "", 0.25], "virtual_time": [1, 2, 3, 4]},
+        summary_overrides={"final_accuracy": None, "best_accuracy": None, "final_train_objective": 0.25,
+                           "asynchronous": True, "mean_staleness": None},
+    )
+
+
+def test_runs_without_accuracy_compare_with_dashes_and_their_objective(objective_run, topk_run):
+    m = read_metrics(objective_run)
+    np.testing.assert_array_equal(m["train_objective"][[1, 3]], [0.5, 0.25])
+    assert "train_objective" not in read_metrics(topk_run)
+    topk, qafel = compare_rows([topk_run, objective_run], 0.8)
+    assert qafel["final_accuracy"] is None and qafel["best_accuracy"] is None and qafel["rounds_to_target"] is None
+    assert qafel["final_objective"] == 0.25 and topk["final_objective"] is None
+    columns, after = markdown_cells(markdown_table([topk, qafel]))
+    assert columns["Final acc. (%)"] == ["80.00", "—"] and columns["Best acc. (%)"] == ["85.00", "—"]
+    assert columns["Final objective"] == ["—", "0.25"]
+    assert columns["Rounds to 80%"] == ["4", "—"]
+    assert "training objective" in after[1]
+
+
+def test_objective_is_plotted_log_scale_against_server_steps_and_mb(objective_run):
+    round_fig, mb_fig = run_figures(objective_run)
+    (ax,) = round_fig.axes
+    assert ax.get_xlabel() == "Server step" and ax.get_yscale() == "log"
+    assert "objective" in ax.get_ylabel()
+    np.testing.assert_array_equal(ax.get_lines()[0].get_xdata(), [2, 4])
+    np.testing.assert_array_equal(ax.get_lines()[0].get_ydata(), [0.5, 0.25])
+    up, down, total = mb_fig.axes
+    assert up.get_yscale() == "log" and up.get_xscale() == "log"
+    np.testing.assert_allclose(up.get_lines()[0].get_xdata(), [0.0002, 0.0004])
+    # with f*: the suboptimality f − f*, from the call or else from the summary
+    (ax,) = run_figures(objective_run, f_star=0.2)[0].axes
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [0.3, 0.05])
+    assert "f*" in ax.get_ylabel()
+    summary = json.loads((objective_run / "summary.json").read_text())
+    (objective_run / "summary.json").write_text(json.dumps({**summary, "f_star": 0.24}))
+    fig = compare_figure([objective_run])
+    assert len(fig.axes) == 4  # only the objective: there is no accuracy to draw
+    np.testing.assert_allclose(fig.axes[0].get_lines()[0].get_ydata(), [0.26, 0.01])
+    for p in plot_run(objective_run):
+        png_size(p)
+
+
+def test_a_run_with_accuracy_and_objective_gets_both_blocks(tmp_path, objective_run, topk_run):
+    fig = compare_figure([topk_run, objective_run])
+    assert len(fig.axes) == 8
+    assert fig.axes[0].get_ylabel() == "Test accuracy (%)" and "objective" in fig.axes[4].get_ylabel()
+    assert fig.axes[0].get_xlabel() == "Round or server step"
+    # each block draws the runs that have its quantity, in the run's colour
+    assert [line.get_color() for line in fig.axes[0].get_lines()] == ["C0"]
+    assert [line.get_color() for line in fig.axes[4].get_lines()] == ["C1"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["mnist-topk (topk)", "qafel (qafel)"]
+    round_fig, mb_fig = run_figures(write_run(
+        tmp_path, "both", name="b", algorithm="fedbuff", accuracy=[0.5, 0.6], up=1, down=1, dense_up=1,
+        extra={"train_objective": [0.7, 0.6]}))
+    assert len(round_fig.axes) == 2 and len(mb_fig.axes) == 6
+
+
+# ----------------------------------------------------------------------------- errors and sweeps
+
+
+def test_a_path_that_is_not_a_run_is_a_one_line_error_of_the_command(tmp_path, capsys, topk_run):
+    from fedpress.cli import main
+    from fedpress.errors import RunDirectoryError
+    from fedpress.report import NotARunError
+
+    missing = tmp_path / "runs" / "x"
+    with pytest.raises(NotARunError) as info:
+        compare([topk_run, missing])
+    assert isinstance(info.value, RunDirectoryError) and isinstance(info.value, FileNotFoundError)
+    assert str(info.value) == f"{missing}: no such directory (not a fedpress run directory)"
+    assert main(["compare", str(topk_run), str(missing)]) == 2
+    assert capsys.readouterr().err == f"fedpress: {missing}: no such directory (not a fedpress run directory)\n"
+    missing.mkdir(parents=True)
+    assert main(["compare", str(missing)]) == 2
+    assert capsys.readouterr().err == f"fedpress: {missing}: no metrics.csv (not a fedpress run directory)\n"
+    (topk_run / "summary.json").write_text("{")
+    assert main(["compare", str(topk_run)]) == 2
+    assert "summary.json: invalid JSON" in capsys.readouterr().err
+
+
+def test_a_sweep_directory_stands_for_its_finished_runs(tmp_path, seeds):
+    a, b, _ = seeds
+    root = tmp_path / "a"
+    (a[2] / "summary.json").unlink()  # still running
+    runs = [{"dir": f"seed{s}", "seed": s} for s in (0, 1, 2)]
+    (root / "sweep.json").write_text(json.dumps({"config": "x.toml", "overrides": [], "grid": {}, "seeds": [0, 1, 2],
+                                                 "runs": runs}))
+    assert expand_runs([root, b[0]]) == [a[0], a[1], b[0]]
+    assert compare(root) == compare(a[:2])
+    with pytest.raises(FileNotFoundError, match="a sweep directory"):
+        read_summary(root)
+
+
+def test_target_fraction_is_an_argparse_type():
+    import argparse
+
+    assert target_fraction("0.97") == 0.97
+    with pytest.raises(argparse.ArgumentTypeError, match="did you mean 0.97"):
+        target_fraction("97")
+    with pytest.raises(argparse.ArgumentTypeError, match="fraction"):
+        target_fraction("high")

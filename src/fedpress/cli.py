@@ -3,6 +3,7 @@
     fedpress run CONFIG.toml [--set dotted.key=value ...] [--out DIR] [--resume | --overwrite]
                  [--engine sim|flower [--ray-address HOST:PORT]] [--tensorboard] [--quiet]
     fedpress compare DIR ... [--target-accuracy A] [--plot PATH]
+    fedpress sweep CONFIG.toml --seeds 0,1,2 [--grid KEY=V1,V2 ...] [--set ...] --out DIR
     fedpress datasets list | verify [NAME ...] | fetch NAME ...
     fedpress partition CONFIG.toml [--set ...] [--plot PATH]
     fedpress algorithms
@@ -20,8 +21,9 @@ import os
 import sys
 from pathlib import Path
 
-from fedpress import __version__
+from fedpress import __version__, sweep
 from fedpress.errors import CheckpointError, ConfigError, RunDirectoryError
+from fedpress.report import target_fraction
 
 
 def _run(args) -> int:
@@ -88,10 +90,17 @@ def _compare(args) -> int:
     from fedpress.report import compare, plot_compare
 
     print(compare(args.runs, args.target_accuracy))
-    plot = Path(args.plot) if args.plot else Path(args.runs[0]).parent / "compare.png"
+    first = Path(args.runs[0])
+    # a sweep's root holds its own compare.png; a run directory's goes beside it
+    beside = first if (first / "sweep.json").is_file() else first.parent
+    plot = Path(args.plot) if args.plot else beside / "compare.png"
     plot_compare(args.runs, plot)
     print(f"plot: {plot}")
     return 0
+
+
+def _sweep(args) -> int:
+    return sweep.main(args)
 
 
 def _datasets(args) -> int:
@@ -168,9 +177,14 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="table and plot of several runs")
     c.add_argument("runs", nargs="+")
-    c.add_argument("--target-accuracy", type=float, help="also report MB and rounds to reach it (0-1)")
+    c.add_argument("--target-accuracy", type=target_fraction, help="also report MB and rounds to reach it (0-1)")
     c.add_argument("--plot", help="PNG path (default: compare.png beside the first run)")
     c.set_defaults(func=_compare)
+
+    w = sub.add_parser("sweep", help="every combination of --grid values times every seed, into one resumable "
+                                     "tree, then compared with seeds grouped (docs/sweeps.md)")
+    sweep.add_arguments(w)
+    w.set_defaults(func=_sweep)
 
     d = sub.add_parser("datasets", help="list, verify or fetch datasets")
     d.add_argument("action", choices=["list", "verify", "fetch"])
