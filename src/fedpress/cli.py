@@ -4,6 +4,7 @@
                  [--engine sim|flower [--ray-address HOST:PORT]] [--tensorboard] [--quiet]
     fedpress compare DIR ... [--target-accuracy A] [--plot PATH]
     fedpress sweep CONFIG.toml --seeds 0,1,2 [--grid KEY=V1,V2 ...] [--set ...] --out DIR
+    fedpress reproduce PAPER [--quick] [--seeds N] [--studies A,B] [--out DIR]
     fedpress datasets list | verify [NAME ...] | fetch NAME ...
     fedpress partition CONFIG.toml [--set ...] [--plot PATH]
     fedpress algorithms
@@ -185,6 +186,13 @@ def parser() -> argparse.ArgumentParser:
                                      "tree, then compared with seeds grouped (docs/sweeps.md)")
     sweep.add_arguments(w)
     w.set_defaults(func=_sweep)
+
+    from fedpress import reproduce
+
+    r2 = sub.add_parser("reproduce", help="a paper's experiments and its page of claims beside ours "
+                                          "(docs/reproductions/)")
+    reproduce.add_arguments(r2)
+    r2.set_defaults(func=lambda args: reproduce.main(args))
 
     d = sub.add_parser("datasets", help="list, verify or fetch datasets")
     d.add_argument("action", choices=["list", "verify", "fetch"])
