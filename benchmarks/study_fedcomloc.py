@@ -38,9 +38,10 @@ def sweep(variant: str, label: str = "", **extra) -> dict[str, list[str]]:
     return out
 
 
-# comc: FedComLoc-Com with the compressed control-variate reference, h_i += (p/gamma)(x_bar - C(x_hat_i))
-MNIST_FULL = {**BASELINES, **sweep("com"), **sweep("global"), **sweep("local"),
-              "com_topk30_qsgd8": fedcomloc("com", "topk_qsgd", ratio=0.3, bits=8, bucket=512),
+# com: Scaffnew's literal line, h_i += (p/gamma)(x_bar - x_hat_i) (cv_ref = "uncompressed", the default until
+# issue 20); comc: the compressed control-variate reference, h_i += (p/gamma)(x_bar - C(x_hat_i)), the default now
+MNIST_FULL = {**BASELINES, **sweep("com", cv_ref="uncompressed"), **sweep("global"), **sweep("local"),
+              "com_topk30_qsgd8": fedcomloc("com", "topk_qsgd", ratio=0.3, bits=8, bucket=512, cv_ref="uncompressed"),
               **sweep("com", "comc", cv_ref="compressed")}
 ALPHA_SUBSET = {k: MNIST_FULL[k] for k in ("fedavg", "scaffnew", "comc_topk30", "global_topk30")}
 CIFAR = {**BASELINES, **{k: MNIST_FULL[k] for k in ("com_topk10", "comc_topk10", "comc_topk30", "global_topk30",
