@@ -952,3 +952,12 @@ def test_target_fraction_is_an_argparse_type():
         target_fraction("97")
     with pytest.raises(argparse.ArgumentTypeError, match="fraction"):
         target_fraction("high")
+
+
+def test_compare_command_hands_f_star_to_the_plot(objective_run, tmp_path, monkeypatch, capsys):
+    from fedpress import cli, report
+
+    seen = {}
+    monkeypatch.setattr(report, "plot_compare", lambda runs, path, f_star=None: seen.update(f_star=f_star))
+    assert cli.main(["compare", str(objective_run), "--f-star", "0.2", "--plot", str(tmp_path / "c.png")]) == 0
+    assert seen == {"f_star": 0.2}

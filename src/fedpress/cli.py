@@ -95,7 +95,7 @@ def _compare(args) -> int:
     # a sweep's root holds its own compare.png; a run directory's goes beside it
     beside = first if (first / "sweep.json").is_file() else first.parent
     plot = Path(args.plot) if args.plot else beside / "compare.png"
-    plot_compare(args.runs, plot)
+    plot_compare(args.runs, plot, f_star=args.f_star)
     print(f"plot: {plot}")
     return 0
 
@@ -180,6 +180,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+")
     c.add_argument("--target-accuracy", type=target_fraction, help="also report MB and rounds to reach it (0-1)")
     c.add_argument("--plot", help="PNG path (default: compare.png beside the first run)")
+    c.add_argument("--f-star", type=float, help="the optimum f* of the objective: runs without accuracy plot f - f*")
     c.set_defaults(func=_compare)
 
     w = sub.add_parser("sweep", help="every combination of --grid values times every seed, into one resumable "
