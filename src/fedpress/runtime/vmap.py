@@ -65,11 +65,14 @@ two largest values are within 1e-6 of each other, a different summation order ca
 the other one, and the gradient then flows to another unit; training amplifies that.
 
 Speed. On a CPU vmap pays off when per-step overhead dominates (tiny_config's MLP: 2.4x
-Sequential at 10 clients, 11x at 100) and loses when the convolutions do (LeNet-5 on
+Sequential at 10 clients, 11x at 100) and lost when the convolutions did (LeNet-5 on
 MNIST, batch 32, 2 threads: 0.77x at 10 clients, 0.56x at 100): vmap runs a convolution
-with per-client weights as one grouped convolution, which oneDNN computes 2-4x slower
-than the same work as separate dense ones at LeNet's channel counts, and the batched
-activations (6 MB per tensor at 10 clients) leave the cache a single client's fit in.
+with per-client weights as one grouped convolution in NCHW, which oneDNN computes 2-4x
+slower than the same work as separate dense ones at LeNet's channel counts. So on a CPU
+a model that `runtime/stacked.py` can write out (convolutions, linear layers, ReLU,
+max-pooling, flatten: LeNet-5, the CNNs, the MLPs) runs as channels_last grouped
+convolutions and batched matmuls instead of through vmap (same loss, same gradients up to
+summation order); anything else goes through torch.func.vmap as before.
 """
 
 from __future__ import annotations
