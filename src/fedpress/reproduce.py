@@ -149,7 +149,7 @@ def _flare_study(model: str, working: int, quick: bool = False) -> Study:
     config = f"configs/flare/mnist_{model}.toml"
     return Study(f"{model}_{working}of10", config, FLARE_ARMS if working == 10 else FLARE_FEW, 0.7,
                  ("checkpoint_every=20", f"clients_per_round={working}"), FLARE_QUICK if quick else None,
-                 "the paper's setup (spec §6.4), seed 0 as the reference code's")
+                 "The paper's setup (spec §6.4), seeds from 0")
 
 
 def _flare_gap_grows(model: str) -> Callable[[Results, bool], Verdict]:
@@ -401,14 +401,18 @@ def reproduce(key: str, out: str | Path, *, quick: bool = False, seeds: int = 3,
     return write_page(paper, out, page, quick, time.perf_counter() - started)
 
 
-def write_page(paper: Paper, out: Path, page: Path, quick: bool, seconds: float) -> Path:
+def write_page(paper: Paper, out: Path, page: Path, quick: bool, seconds: float | None = None) -> Path:
+    """The paper's page from the runs under `out` (whatever has finished); `seconds`: how
+    long the call that wrote it ran (None: not said)."""
     results = collect(out, paper.studies)
     verdicts = [(c, c.check(results, quick)) for c in paper.claims]
     figures = page.parent / "figures"
     lines = [f"# Reproducing {paper.title}", "",
              f"Claims from {paper.source}. Command: `fedpress reproduce {paper.key}"
-             f"{' --quick' if quick else ''} --out {out}`; this call took {seconds / 60:.1f} min, and the runs "
-             f"themselves {_run_minutes(out, paper.studies):.1f} min of wall time in all (their summaries).", ""]
+             f"{' --quick' if quick else ''} --out {out}`"
+             + (f"; this call took {seconds / 60:.1f} min" if seconds is not None else "")
+             + f". The finished runs took {_run_minutes(out, paper.studies):.1f} min of wall time in all "
+             f"(their summaries); a study not run yet says so.", ""]
     if quick:
         lines += ["**A --quick run**: a few rounds of one study, to check the code path. No verdict.", ""]
     lines += ["| Claim | Paper | Ours (mean ± std over seeds) | Verdict | Why |", "|:---|:---|:---|:---|:---|"]
@@ -421,7 +425,9 @@ def write_page(paper: Paper, out: Path, page: Path, quick: bool, seconds: float)
             lines += ["Not run yet.", ""]
             continue
         dirs = [study_dirs(out, study)[label] for label in arms]
-        lines += [study.scale + ".", "", group_markdown_table([arms[label] for label in arms]), ""]
+        missing = [arm.label for arm in study.arms if arm.label not in arms]
+        lines += [study.scale + "." + (f" Not run yet: {', '.join(missing)}." if missing else ""), "",
+                  group_markdown_table([arms[label] for label in arms]), ""]
         figure = figures / f"{paper.key}_{study.name}.png"
         plot_compare(dirs, figure)
         lines += [f"![{study.name}](figures/{figure.name})", ""]
