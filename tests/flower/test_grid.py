@@ -159,9 +159,7 @@ def test_qafel_nodes_catch_up_lazily_and_train_from_the_servers_hidden_state(syn
     catch_up = [int(e["bytes"]) for e in grid_ledger if e["direction"] == "down"]
     dense = dense_frame_bytes(setup(cfg).wire)
     assert catch_up and max(catch_up) <= dense
-    if server_quantizer == "fp32":  # one missed q costs x̂ whole already: never more than x̂ whole
-        assert set(catch_up) <= {dense} | set(range(dense))
-    else:  # q's while they cost less than x̂
+    if server_quantizer != "fp32":  # 8-level q's cost a fraction of x̂ (fp32 q's: the max above is the bound)
         assert min(catch_up) < dense / 3
 
 

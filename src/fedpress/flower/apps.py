@@ -179,9 +179,7 @@ def serve(grid: Grid, exp: Experiment, out: str | Path | None, *, resume: bool =
                          clock=clock)
     run_dir, p = prepare(exp, out, resume, overwrite)
     if p.hidden is not None and p.round:  # resumed: what the nodes kept is not known (maybe new nodes)
-        channel = downlink.Server(p.hidden, exp.wire)
-        channel.forget_all()
-        p.hidden = channel.hs
+        p.hidden = downlink.forget(p.hidden)
     clients = GridClients(grid, exp, timeout)
     return drive(exp, p, clients, run_dir, progress=progress, on_round_end=clients.annotate)
 

@@ -81,9 +81,7 @@ class GridAsync:
         self.flower_bytes = {"up": 0, "down": 0}
         self.t0 = clock() - p.now  # a resumed run's clock goes on from its checkpoint
         if p.hidden is not None and p.started:  # resumed: what the nodes kept is not known (maybe new nodes)
-            channel = downlink.Server(p.hidden, exp.wire)
-            channel.forget_all()
-            p.hidden = channel.hs
+            p.hidden = downlink.forget(p.hidden)
 
     # ------------------------------------------------------------ starts
 
@@ -162,9 +160,7 @@ class GridAsync:
             elif self.errors[f.client] >= MAX_ERRORS:
                 self.lose(f.client, f"answered {MAX_ERRORS} starts in a row with an error")
             if self.p.hidden is not None:  # whatever its node holds, it gets x̂ whole (or from x0) next time
-                channel = downlink.Server(self.p.hidden, self.exp.wire)
-                channel.forget(f.client)
-                self.p.hidden = channel.hs
+                self.p.hidden = downlink.forget(self.p.hidden, [f.client])
             return ClientReply(None, float("nan"), 0, reason)
         self.errors.pop(f.client, None)
         self.flower_bytes["up"] += count_bytes(reply.content)

@@ -184,15 +184,15 @@ class Server:
         hs.held[client] = hs.version
         return got
 
-    def forget(self, client: int) -> None:
-        """The client holds nothing we know of (its node answered with an error, or the
-        server restarted and cannot know what the nodes kept): next time it gets x̂ whole,
-        or (seeded) catches up from x0."""
-        self.hs.held[client] = NONE
 
-    def forget_all(self) -> None:
-        for client in self.hs.held:
-            self.forget(client)
+
+def forget(hs: HiddenState, clients=None) -> HiddenState:
+    """`clients` (default: every client the server has sent to) hold nothing we know of: a
+    node answered with an error, or the server restarted and cannot know what the nodes
+    kept. Next time each gets x̂ whole, or (seeded) catches up from x0."""
+    held = dict(hs.held)
+    held.update(dict.fromkeys(hs.held if clients is None else clients, NONE))
+    return replace(hs, held=held)
 
 
 def post(catchups: dict[int, Catchup], transport: Transport, round_: int) -> None:

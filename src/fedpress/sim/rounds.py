@@ -105,10 +105,9 @@ def server_round(exp: Experiment, p: Progress, clients: Fleet, t: int) -> dict:
         catchups = {c: channel.catch_up(c) for c in sampled}
         downlink.post(catchups, transport, t)
         replies = clients.train(t, catchups)
-        for c in sampled:  # a node that raised or was lost may not hold x̂ now: x̂ whole next time
-            if c not in replies or replies[c].refused in (Rejection.NO_REPLY.name, Rejection.CLIENT_ERROR.name):
-                channel.forget(c)
-        p.hidden = channel.hs
+        lost = (Rejection.NO_REPLY.name, Rejection.CLIENT_ERROR.name)
+        # a node that raised or was lost may not hold x̂ now: x̂ whole next time
+        p.hidden = downlink.forget(channel.hs, [c for c in sampled if c not in replies or replies[c].refused in lost])
 
     uplinks: list[Uplink] = []
     rejected: list[Refusal] = []
