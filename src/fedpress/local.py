@@ -240,6 +240,19 @@ def _forked_rng(device: torch.device):
     return torch.random.fork_rng(devices=[index], device_type=device.type)
 
 
+def _seed_global(device: torch.device, seed: int) -> None:
+    """The CPU's global generator seeded, and the device's if it is not the CPU: what
+    `torch.manual_seed` does for them, without its calls for every other backend (on a
+    machine where CUDA is not initialised each of those is queued with a formatted stack
+    trace, never run: 0.4 ms and a few KB held for every client trained)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+    elif device.type == "mps":
+        torch.mps.manual_seed(seed)
+
+
 def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
 
@@ -280,7 +293,7 @@ def train(
     # device's, on a GPU): seed it from this client's generator inside a fork, so nothing
     # leaks out and runs repeat.
     with _forked_rng(device):
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=rng)))
+        _seed_global(device, int(torch.randint(0, 2**62, (1,), generator=rng)))
         with bound(model.module, state) as forward:
             for step, idx in enumerate(batches(n, spec.batch_size, steps, rng)):
                 if velocity is not None and step == plan.momentum_reset_step:
