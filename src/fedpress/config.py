@@ -13,6 +13,8 @@
                  staleness weighting; `rounds` then counts server steps
     [downlink]   synchronous algorithms whose downlink is the model: a hidden-state
                  compressed downlink with catch-up (runtime/downlink.py): codec, ratio, ...
+    [client_state]  where the simulator keeps the clients' states (runtime/store.py):
+                 store = "memory" | "disk", precision, cache_mb
 
 `load(path, overrides)` reads a file and applies `--set dotted.key=value` overrides; an
 unknown key or a bad value raises ConfigError naming the key and what is allowed.
@@ -39,6 +41,8 @@ DURATIONS = ("half_normal", "exponential", "constant")
 STALENESS = ("constant", "polynomial", "hinge")
 DOWNLINK_STAGES = ("fp32", "fp16", "bf16", "top_k", "random_k", "qsgd", "minmax_affine")  # runtime/downlink.py
 DOWNLINK_INIT = ("whole", "seeded")
+CLIENT_STORES = ("memory", "disk")
+STATE_PRECISIONS = ("fp32", "fp16", "bf16")  # runtime.store.PRECISIONS
 
 
 def async_algorithms() -> tuple[str, ...]:
@@ -111,6 +115,19 @@ class DownlinkConfig:
 
 
 @dataclass(frozen=True)
+class ClientStateConfig:
+    """Where the simulator keeps each client's algorithm state (`runtime/store.py`):
+    "memory", or "disk" (SQLite in the run directory, committed with each checkpoint; only
+    the round's clients in memory, plus a page cache of `cache_mb`). `precision` "fp16" or
+    "bf16" stores the states' float32 tensors narrowed: half the bytes, and a residual kept
+    to that precision (an explicit choice; "fp32" keeps states exact)."""
+
+    store: str = "memory"
+    precision: str = "fp32"
+    cache_mb: int = 64
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 1
     steps: int = 0  # > 0: a fixed number of local steps instead of epochs
@@ -159,6 +176,7 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     asynchronous: AsyncConfig | None = None  # the [async] table; set exactly for asynchronous algorithms
     downlink: DownlinkConfig | None = None  # the [downlink] table: a hidden-state compressed downlink
+    client_state: ClientStateConfig | None = None  # the [client_state] table; None: in memory, exact
 
     @property
     def is_async(self) -> bool:
@@ -167,12 +185,14 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as TOML-shaped nested dicts (open tables flattened back)."""
         top = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not dataclasses.is_dataclass(
-            getattr(self, f.name)) and f.name not in ("asynchronous", "downlink", "plugins")}
+            getattr(self, f.name)) and f.name not in ("asynchronous", "downlink", "client_state", "plugins")}
         if self.plugins:  # first, so that a resolved config names what it needs before it uses it
             top = {"plugins": list(self.plugins), **top}
         tables = {"async": dataclasses.asdict(self.asynchronous)} if self.asynchronous is not None else {}
         if self.downlink is not None:
             tables["downlink"] = dataclasses.asdict(self.downlink)
+        if self.client_state is not None:
+            tables["client_state"] = dataclasses.asdict(self.client_state)
         return {
             **top,
             "data": {"dataset": self.data.dataset, "num_clients": self.data.num_clients,
@@ -230,9 +250,9 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     from fedpress.extend import import_plugins
 
     import_plugins(plugins)  # what they register is then a name like the built-in ones
-    raw_tables = set(raw) & {"async", "downlink"}
+    raw_tables = set(raw) & {"async", "downlink", "client_state"}
     tables = {}
-    for name in ("data", "model", "train", "algorithm", "async", "downlink"):
+    for name in ("data", "model", "train", "algorithm", "async", "downlink", "client_state"):
         table = raw.pop(name, {})
         _require(isinstance(table, dict), f"[{name}] must be a table, got {table!r}")
         tables[name] = dict(table)
@@ -268,7 +288,17 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         algorithm=algorithm,
         asynchronous=_async(tables["async"], data.num_clients) if is_async else None,
         downlink=_downlink(tables["downlink"]) if "downlink" in raw_tables else None,
+        client_state=_client_state(tables["client_state"]) if "client_state" in raw_tables else None,
     )
+
+
+def _client_state(table: dict) -> ClientStateConfig:
+    c = ClientStateConfig(**_fixed(ClientStateConfig, table, "client_state."))
+    _require(c.store in CLIENT_STORES, f"client_state.store = {c.store!r}; allowed: {list(CLIENT_STORES)}")
+    _require(c.precision in STATE_PRECISIONS,
+             f"client_state.precision = {c.precision!r}; allowed: {list(STATE_PRECISIONS)}")
+    _require(c.cache_mb >= 1, f"client_state.cache_mb = {c.cache_mb} must be >= 1 (MiB of SQLite page cache)")
+    return c
 
 
 def _data(table: dict, cfg: Config, is_async: bool = False) -> DataConfig:

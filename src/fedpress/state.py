@@ -90,21 +90,50 @@ _CHECKPOINT_VERSION = 1
 _CHECKPOINT_HEADER = struct.Struct("<4sBQ32s")
 
 
-def save(obj: Any, path: str | Path) -> None:
-    """Write a checkpoint atomically (temporary file, fsync, rename): a run killed
-    mid-write leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def encode(obj: Any) -> bytes:
+    """A checkpoint's bytes: the header above, then the payload (what `save` writes to a
+    file, and what a disk client store commits beside its states: runtime/store.py)."""
     buffer = io.BytesIO()
     torch.save(to_tree(obj), buffer)
     payload = buffer.getvalue()
     header = _CHECKPOINT_HEADER.pack(_CHECKPOINT_MAGIC, _CHECKPOINT_VERSION, len(payload),
                                      hashlib.sha256(payload).digest())
+    return header + payload
+
+
+def decode(data: bytes, where: str) -> Any:
+    """The state `encode` wrote; CheckpointError naming `where` and what is wrong for anything else."""
+    size = _CHECKPOINT_HEADER.size
+    if data[:4] != _CHECKPOINT_MAGIC:
+        raise CheckpointError(f"{where} is not a fedpress checkpoint (no FPCK header; {len(data)} bytes)")
+    if len(data) < size:
+        raise CheckpointError(f"{where} is truncated inside its header ({len(data)} of {size} bytes)")
+    _, version, length, digest = _CHECKPOINT_HEADER.unpack_from(data)
+    if version != _CHECKPOINT_VERSION:
+        raise CheckpointError(f"{where}: checkpoint version {version}; this fedpress reads version "
+                              f"{_CHECKPOINT_VERSION}")
+    payload = data[size:]
+    if len(payload) != length:
+        raise CheckpointError(f"{where} is truncated or has trailing bytes: its header says {length} bytes of "
+                              f"state, the file holds {len(payload)}")
+    if hashlib.sha256(payload).digest() != digest:
+        raise CheckpointError(f"{where} is damaged: its SHA-256 does not match what was written")
+    try:
+        return from_tree(torch.load(io.BytesIO(payload), weights_only=True))
+    except Exception as e:  # a payload that passed the digest but is not a state tree fedpress wrote
+        raise CheckpointError(f"{where} does not hold a fedpress state: {e}") from None
+
+
+def save(obj: Any, path: str | Path) -> None:
+    """Write a checkpoint atomically (temporary file, fsync, rename): a run killed
+    mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = encode(obj)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(payload)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -116,26 +145,7 @@ def save(obj: Any, path: str | Path) -> None:
 def load(path: str | Path) -> Any:
     """A checkpoint `save` wrote; CheckpointError naming what is wrong for anything else."""
     path = Path(path)
-    data = path.read_bytes()
-    size = _CHECKPOINT_HEADER.size
-    if data[:4] != _CHECKPOINT_MAGIC:
-        raise CheckpointError(f"{path} is not a fedpress checkpoint (no FPCK header; {len(data)} bytes)")
-    if len(data) < size:
-        raise CheckpointError(f"{path} is truncated inside its header ({len(data)} of {size} bytes)")
-    _, version, length, digest = _CHECKPOINT_HEADER.unpack_from(data)
-    if version != _CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {version}; this fedpress reads version "
-                              f"{_CHECKPOINT_VERSION}")
-    payload = data[size:]
-    if len(payload) != length:
-        raise CheckpointError(f"{path} is truncated or has trailing bytes: its header says {length} bytes of "
-                              f"state, the file holds {len(payload)}")
-    if hashlib.sha256(payload).digest() != digest:
-        raise CheckpointError(f"{path} is damaged: its SHA-256 does not match what was written")
-    try:
-        return from_tree(torch.load(io.BytesIO(payload), weights_only=True))
-    except Exception as e:  # a payload that passed the digest but is not a state tree fedpress wrote
-        raise CheckpointError(f"{path} does not hold a fedpress state: {e}") from None
+    return decode(path.read_bytes(), str(path))
 
 
 # --- states as bytes: for Flower's Context.state, where only records of bytes persist ---
@@ -150,6 +160,11 @@ def to_bytes(obj: Any) -> bytes:
     """A state as one exact byte string: b"FPST", a u32 header length, a JSON header (the
     tree of `to_tree` with each tensor replaced by its dtype, shape and byte range), the
     tensors' raw little-endian bytes, and a CRC-32 of everything before it. No pickle."""
+    return tree_to_bytes(to_tree(obj))
+
+
+def tree_to_bytes(tree: Any) -> bytes:
+    """`to_bytes` of a tree `to_tree` made (a client store narrows its tensors first)."""
     tensors: list[torch.Tensor] = []
 
     def strip(node: Any) -> Any:
@@ -164,7 +179,7 @@ def to_bytes(obj: Any) -> bytes:
             return {k: strip(v) for k, v in node.items()}
         return node
 
-    tree = strip(to_tree(obj))
+    tree = strip(tree)
     table, offset = [], 0
     for t in tensors:
         n = t.numel() * t.element_size()
@@ -179,6 +194,11 @@ def to_bytes(obj: Any) -> bytes:
 
 def from_bytes(data: bytes) -> Any:
     """The state `to_bytes` wrote; ValueError naming what is wrong for anything else."""
+    return from_tree(tree_from_bytes(data))
+
+
+def tree_from_bytes(data: bytes) -> Any:
+    """The tree `tree_to_bytes` wrote, its tensors filled in; ValueError for anything else."""
     if len(data) < 12 or data[:4] != _MAGIC:
         raise ValueError("state bytes: missing the FPST magic (not a fedpress state)")
     if struct.unpack("<I", data[-4:])[0] != zlib.crc32(data[:-4]):
@@ -209,4 +229,4 @@ def from_bytes(data: bytes) -> Any:
             return {k: fill(v) for k, v in node.items()}
         return node
 
-    return from_tree(fill(header["tree"]))
+    return fill(header["tree"])

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedpress.data import partition, plot_summary, summary
+from fedpress.data import Partition, partition, plot_summary, summary
 from fedpress.data.partition import (
     as_generator,
     class_counts,
@@ -31,16 +31,17 @@ def labels() -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(123).permutation(y))
 
 
-def assert_true_partition(parts: list[torch.Tensor], n: int) -> None:
+def assert_true_partition(parts: Partition, n: int) -> None:
+    assert isinstance(parts, Partition)
     for p in parts:
         assert p.dtype == torch.int64 and p.dim() == 1
         assert torch.equal(p, p.sort().values)
-    every = torch.cat(parts)
+    every = parts.order
     assert every.numel() == n
     assert torch.equal(every.sort().values, torch.arange(n))
 
 
-def classes_per_client(parts: list[torch.Tensor], labels: torch.Tensor) -> np.ndarray:
+def classes_per_client(parts: Partition, labels: torch.Tensor) -> np.ndarray:
     return (class_counts(parts, labels, NUM_CLASSES) > 0).sum(axis=1)
 
 
@@ -62,7 +63,7 @@ def test_every_index_lands_on_exactly_one_client(name: str, labels: torch.Tensor
 
 @pytest.mark.parametrize("name", PARTITIONS)
 def test_same_seed_same_split_other_seed_other_split(name: str, labels: torch.Tensor) -> None:
-    def split(seed: int) -> list[torch.Tensor]:
+    def split(seed: int) -> Partition:
         return partition(name, labels, 20, seed, **PARTITIONS[name])
 
     first, again, other = split(1), split(1), split(2)
@@ -164,7 +165,7 @@ def test_power_law_seeds_every_shard_then_skews_quantity() -> None:
 
 def test_contiguous_slices_in_file_order() -> None:
     parts = contiguous(60000, 10, 600)
-    assert [(int(p[0]), int(p[-1]), len(p)) for p in parts[:2]] == [(0, 599, 600), (600, 1199, 600)]
+    assert [(int(p[0]), int(p[-1]), len(p)) for p in (parts[0], parts[1])] == [(0, 599, 600), (600, 1199, 600)]
     assert torch.equal(contiguous(10, 3)[2], torch.tensor([6, 7, 8]))
     with pytest.raises(ValueError, match="rows > 100 samples"):
         contiguous(100, 10, 11)

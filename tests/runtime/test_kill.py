@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from fedpress.runtime.store import DATABASE
 from tests.sim.test_run import rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +46,36 @@ CASES = {
     "scaffnew": ("rounds", {**WIDE, "rounds": 8, "algorithm.name": "scaffnew", "train.momentum": 0.0,
                             "clients_per_round": 12}),
     "qafel": ("async", {**WIDE, "rounds": 8, "algorithm.name": "qafel", "train.lr": 0.02}),
+    # issue 21: the states in SQLite, committed with each checkpoint in one transaction
+    "topk_ef_disk": ("rounds", {**WIDE, "rounds": 8, "algorithm.name": "topk_ef", "algorithm.ratio": 0.05,
+                                "client_state.store": "disk"}),
+    "qafel_disk": ("async", {**WIDE, "rounds": 8, "algorithm.name": "qafel", "train.lr": 0.02,
+                             "client_state.store": "disk"}),
 }
+
+
+def records(out) -> set[str]:
+    """The checkpoint records a disk run's database holds ("checkpoint", "final")."""
+    if not (out / DATABASE).exists():
+        return set()
+    db = sqlite3.connect(out / DATABASE)  # opening a killed run's database recovers it, as a resume does
+    try:
+        return {name for (name,) in db.execute("SELECT name FROM progress")}
+    except sqlite3.OperationalError:  # killed before its tables were made
+        return set()
+    finally:
+        db.close()
+
+
+def holds(out, name: str) -> bool:
+    return (out / f"{name}.pt").exists() or name in records(out)
+
+
+def write_marker(out):
+    """What changes while a checkpoint is being written: its temporary file, or the
+    database's write-ahead log (a disk store commits its states and checkpoint there)."""
+    wal = out / (DATABASE + "-wal")
+    return any(out.glob("checkpoint.pt*.tmp")), wal.stat().st_mtime_ns if wal.exists() else None
 
 
 def start(engine, out, overrides, resume):
@@ -54,7 +85,7 @@ def start(engine, out, overrides, resume):
 
 
 def finished(out) -> bool:
-    return (out / "summary.json").exists() and not (out / "checkpoint.pt").exists()
+    return (out / "summary.json").exists() and not holds(out, "checkpoint")
 
 
 def opened(proc, out) -> float:
@@ -71,8 +102,12 @@ def kill_when(proc, out, rng, mode, span: float = 0.0) -> str:
     "killed-in-write" or "finished"."""
     deadline = time.monotonic() + 120
     at = opened(proc, out) + rng.uniform(0.0, span)
+    wal_before: object = "unset"  # the log as of the first checkpoint (metrics.csv is written after it)
     while proc.poll() is None and time.monotonic() < deadline:
-        writing = any(out.glob("checkpoint.pt*.tmp"))
+        tmp, wal = write_marker(out)
+        if wal_before == "unset" and (out / "metrics.csv").exists():
+            wal_before = wal
+        writing = tmp or (wal_before != "unset" and wal != wal_before)
         if (mode == "write" and writing) or (mode == "random" and time.monotonic() >= at):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -100,10 +135,10 @@ def test_killed_at_random_moments_and_mid_checkpoint_a_run_resumes_bit_for_bit(t
     for mode in ("write", "random", "write", "random", "random", "random", "random", "random"):
         if finished(out):
             break
-        resume = (out / "checkpoint.pt").exists() or (out / "final.pt").exists()
+        resume = holds(out, "checkpoint") or holds(out, "final")
         events.append(kill_when(start(engine, out, overrides, resume), out, rng, mode, span))
     while not finished(out):  # the last start runs to the end
-        resume = (out / "checkpoint.pt").exists()
+        resume = holds(out, "checkpoint")
         events.append(kill_when(start(engine, out, overrides, resume), out, rng, "none"))
 
     assert "killed-in-write" in events, events  # a checkpoint write was cut short at least once

@@ -1,7 +1,7 @@
 """Datasets in memory as tensors, read from their original files, and client partitions.
 
     ds = load("mnist")                                   # verified files -> tensors
-    parts = partition("dirichlet", ds.y_train, 100, seed, alpha=0.5)
+    parts = partition("dirichlet", ds.y_train, 100, seed, alpha=0.5)  # a Partition: parts[c], len(parts)
     print(summary(parts, ds.y_train, ds.num_classes))
 
 Files are looked for in ``$FEDPRESS_DATA`` (cache), ``$FEDPRESS_MIRROR`` (a local
@@ -11,10 +11,12 @@ mirror of the original files), then downloaded; each is md5-checked.
 
 from fedpress.data.loaders import Dataset, dataset_names, load
 from fedpress.data.partition import (
+    Partition,
     class_counts,
     contiguous,
     dirichlet,
     iid,
+    iid_replacement,
     lda_equal,
     partition,
     plot_summary,
@@ -36,12 +38,14 @@ __all__ = [
     "DatasetError",
     "DatasetWarning",
     "FileCheck",
+    "Partition",
     "class_counts",
     "contiguous",
     "dataset_names",
     "dirichlet",
     "fetch",
     "iid",
+    "iid_replacement",
     "lda_equal",
     "list_datasets",
     "load",

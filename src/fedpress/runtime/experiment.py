@@ -10,7 +10,7 @@ import torch
 from fedpress.algorithms import Algorithm, build
 from fedpress.algorithms.base import MODEL
 from fedpress.config import Config
-from fedpress.data import Dataset, load, partition
+from fedpress.data import Dataset, Partition, load, partition
 from fedpress.errors import ConfigError
 from fedpress.layout import Layout
 from fedpress.local import FlatModel
@@ -47,7 +47,7 @@ class Experiment:
 
     config: Config
     dataset: Dataset  # on the CPU: a client's batches go to the device as it trains
-    parts: list[torch.Tensor]  # one index tensor into the training set per client
+    parts: Partition  # every client's index slice into the training set (CSR: order + offsets)
     model: FlatModel  # its module on `device`
     algorithm: Algorithm
     x0: torch.Tensor  # (d,) initial model state, on the CPU like every state and message
@@ -61,7 +61,7 @@ class Experiment:
         return self.algorithm.wire_layout(self.model)
 
 
-def client_partition(cfg: Config, labels: torch.Tensor) -> list[torch.Tensor]:
+def client_partition(cfg: Config, labels: torch.Tensor) -> Partition:
     """The clients' index tensors of a config: the one split its runs (and `fedpress partition`) use."""
     try:
         return partition(cfg.data.partition, labels, cfg.data.num_clients, derive_numpy(cfg.seed, "partition"),

@@ -23,6 +23,7 @@ asynchronous clocks use all of them.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -44,6 +45,7 @@ from fedpress.layout import Layout
 from fedpress.local import evaluate
 from fedpress.metrics.ledger import Ledger
 from fedpress.runtime.rejections import Refusal, rejections, tally
+from fedpress.runtime.store import DATABASE, DiskStore, memory_store, remove_database
 
 METRIC_COLUMNS = [
     "round", "wall_seconds", "test_accuracy", "test_loss", "train_loss", "clients", "rejected", "rejected_reasons",
@@ -130,13 +132,17 @@ class RunDirectory:
 
     `checkpoint.pt` is where an unfinished run stands (every `checkpoint_every` rows);
     `final.pt` is the state a finished run ended with (the final model among it), from
-    which `--resume` with more `rounds` extends the run.
+    which `--resume` with more `rounds` extends the run. With `client_state.store = "disk"`
+    both are records in `client_state.sqlite` instead, committed in one transaction with the
+    clients' states (`runtime/store.py`): the states and the checkpoint always agree.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, disk: bool = False):
         self.path = path
         self.checkpoint = path / "checkpoint.pt"
         self.final = path / "final.pt"
+        self.disk = disk  # the client states and the checkpoint records live in DATABASE
+        self.store: DiskStore | None = None  # that database, once opened
         self.resumed: Any = None  # the progress `open` found to go on from
         # (rows, columns) of metrics.csv as this process last wrote it; None: not written yet
         self.metrics_written: tuple[int, list[str]] | None = None
@@ -151,7 +157,8 @@ class RunDirectory:
         would be overwritten without `overwrite`, `resume` with nothing to resume, a
         checkpoint of another config or a damaged one. `write=False` checks all that and
         changes nothing (a runtime that builds its experiment before it opens the directory)."""
-        run = cls(Path(out) if out is not None else Path("runs") / cfg.name)
+        disk = cfg.client_state is not None and cfg.client_state.store == "disk"
+        run = cls(Path(out) if out is not None else Path("runs") / cfg.name, disk)
         run.check_writable()
         progress = None
         if resume:
@@ -170,6 +177,8 @@ class RunDirectory:
         if fresh:
             for name in OUTPUTS:
                 (self.path / name).unlink(missing_ok=True)
+            self.close_store()
+            remove_database(self.path)
             if (self.path / TENSORBOARD).is_dir():
                 shutil.rmtree(self.path / TENSORBOARD)
         for leftover in [*self.path.glob("checkpoint.pt*.tmp"), *self.path.glob("final.pt*.tmp"),
@@ -200,12 +209,16 @@ class RunDirectory:
         the final state of a finished one when `cfg` asks for more rounds."""
         config = self.path / "config.toml"
         previous = config.read_text() if config.exists() else ""
-        if self.checkpoint.exists():
+        if previous and tomllib.loads(previous).get("client_state") != tomllib.loads(config_text).get("client_state"):
+            # where the states are decides where the checkpoint is: look no further
+            raise ConfigError(f"--resume: {self.path} holds a run of a different config (its [client_state] "
+                              f"differs); use another --out or the same config")
+        if self.holds("checkpoint"):
             if previous != config_text:
                 raise ConfigError(f"--resume: {self.path} holds a run of a different config; "
                                   f"use another --out or the same config")
             return self.load(self.checkpoint, kind)
-        if not self.final.exists():
+        if not self.holds("final"):
             hint = " (the run stopped before its first checkpoint: rerun it with --overwrite)" if previous else ""
             raise RunDirectoryError(f"--resume: nothing to resume in {self.path}: no checkpoint.pt{hint}")
         before, now = tomllib.loads(previous), tomllib.loads(config_text)
@@ -228,10 +241,55 @@ class RunDirectory:
                 last.pop(key, None)
         return done
 
+    # ------------------------------------------------------------ the client store
+
+    def client_store(self, cfg: Config) -> Any:
+        """The client store a fresh run starts with: a dict, a `PackedStore`, or the run's
+        `DiskStore` (made empty by `commit`)."""
+        cs = cfg.client_state
+        if cs is None:
+            return {}
+        if cs.store == "disk":
+            self.store = DiskStore(self.path / DATABASE, cs.precision, cs.cache_mb)
+            return self.store
+        return memory_store(cs.precision)
+
+    def database(self) -> DiskStore:
+        """The run's client-state database, opened once (uncommitted changes of a killed run
+        are rolled back as it opens)."""
+        if self.store is None:
+            cs = tomllib.loads((self.path / "config.toml").read_text()).get("client_state", {})
+            self.store = DiskStore(self.path / DATABASE, cs.get("precision", "fp32"), cs.get("cache_mb", 64))
+        return self.store
+
+    def close_store(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def holds(self, name: str) -> bool:
+        """Whether the run's "checkpoint" or "final" state is there."""
+        if not self.disk:
+            return (self.checkpoint if name == "checkpoint" else self.final).exists()
+        return (self.path / DATABASE).exists() and self.database().read(name) is not None
+
+    # ------------------------------------------------------------ checkpoints
+
     def load(self, path: Path, kind: type) -> Any:
-        progress = state_io.load(path)["progress"]
+        """The progress in checkpoint.pt or final.pt (with a disk store: that record of the
+        database, its client store the database)."""
+        if self.disk:
+            where = f"{self.path / DATABASE} ({path.stem} record)"
+            data = self.database().read(path.stem)
+            if data is None:
+                raise CheckpointError(f"{where} is missing")
+            progress = state_io.decode(data, where)["progress"]
+        else:
+            progress = state_io.load(path)["progress"]
         if not isinstance(progress, kind):
             raise CheckpointError(f"{path} holds a {type(progress).__name__}, not the {kind.__name__} of this engine")
+        if self.disk:
+            progress.clients = self.database()
         return progress
 
     def save_checkpoint(self, progress: Any) -> None:
@@ -239,7 +297,13 @@ class RunDirectory:
         self.save(progress, self.checkpoint)
 
     def save(self, progress: Any, path: Path) -> None:
-        """The progress dataclass as one state tree (`fedpress.state`), written atomically."""
+        """The progress dataclass as one state tree (`fedpress.state`), written atomically;
+        with a disk store, committed as the database's record "checkpoint" or "final" in one
+        transaction with every client state changed since the last commit."""
+        if isinstance(progress.clients, DiskStore):
+            progress.clients.commit(path.stem, state_io.encode({"progress": dataclasses.replace(progress,
+                                                                                                 clients={})}))
+            return
         state_io.save({"progress": progress}, path)
 
     def write_metrics(self, rows: list[dict]) -> None:
@@ -302,6 +366,8 @@ class RunDirectory:
 
         plot_run(self.path)
         self.checkpoint.unlink(missing_ok=True)  # the run is complete: final.pt and the outputs are its record
+        if isinstance(p.clients, DiskStore):
+            p.clients.forget("checkpoint")
         return summary
 
     def write_model(self, exp, p) -> None:

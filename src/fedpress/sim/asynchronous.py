@@ -34,7 +34,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -64,6 +64,7 @@ from fedpress.runtime.outputs import (
     steps_postfix,
 )
 from fedpress.runtime.rejections import Refusal, tally
+from fedpress.runtime.store import refuse_client_state
 from fedpress.runtime.transport import Transport, dense_frame_bytes
 from fedpress.runtime.turn import ClientReply, Turn, client_context, client_turns
 from fedpress.wire.message import Message
@@ -141,7 +142,7 @@ class AsyncProgress:
 
     round: int
     server: Any
-    clients: dict[int, Any]
+    clients: MutableMapping[int, Any]  # the client store (runtime/store.py)
     ledger: Ledger
     rows: list[dict]
     density: list[list[float]]
@@ -173,10 +174,12 @@ def setup(cfg: Config) -> Experiment:
     return experiment.setup(cfg)
 
 
-def fresh(exp: Experiment) -> AsyncProgress:
+def fresh(exp: Experiment, clients: MutableMapping[int, Any] | None = None) -> AsyncProgress:
+    """Step 0: the server's initial state, an empty client store (a dict unless given)."""
     ledger = Ledger(dense_frame_bytes(exp.wire))
     joined = torch.zeros(exp.config.data.num_clients, dtype=torch.bool)
-    p = AsyncProgress(0, exp.algorithm.init_server(exp.x0, exp.model.layout), {}, ledger, [], [], joined)
+    p = AsyncProgress(0, exp.algorithm.init_server(exp.x0, exp.model.layout), {} if clients is None else clients,
+                      ledger, [], [], joined)
     if exp.algorithm.keeps_hidden_state:  # the x̂ clients are caught up from: QAFeL's x̂_0 = x0 (spec §5.2)
         rctx = RoundContext(0, exp.config.seed, (), exp.model, exp.config.data.num_clients)
         x_hat = exp.algorithm.join(p.server, rctx).expand(exp.wire)
@@ -407,7 +410,7 @@ def run(
     run_dir, p = RunDirectory.open(cfg, out, AsyncProgress, resume=resume, overwrite=overwrite, write=False)
     exp = setup(cfg)
     run_dir.commit(cfg, fresh=p is None)
-    p = p or fresh(exp)
+    p = p or fresh(exp, run_dir.client_store(cfg))
     with make_executor(exp) if executor is None else nullcontext(executor) as executor:  # a given one stays open
         engine = Engine(exp, p, executor)
         display = Display(cfg, p.round, progress, unit="step", postfix=steps_postfix)
@@ -423,7 +426,9 @@ def run(
 
 def prepare(exp: Experiment, out: str | Path | None, resume: bool, overwrite: bool = False
             ) -> tuple[RunDirectory, AsyncProgress]:
-    """The run directory and where the run stands: a fresh start, or its checkpoint."""
+    """The run directory and where the run stands: a fresh start, or its checkpoint. For
+    Flower's asynchronous ServerApp, whose clients keep their own states (Context.state)."""
+    refuse_client_state(exp.config)
     run_dir, p = RunDirectory.open(exp.config, out, AsyncProgress, resume=resume, overwrite=overwrite)
     return run_dir, p or fresh(exp)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ from fedpress.runtime.outputs import (
     warn_if_empty,
 )
 from fedpress.runtime.rejections import Refusal, Rejection
+from fedpress.runtime.store import refuse_client_state
 from fedpress.runtime.transport import Transport, dense_frame_bytes
 from fedpress.runtime.turn import ClientReply
 from fedpress.sim.clients import InProcessClients
@@ -54,7 +55,7 @@ class Progress:
 
     round: int  # rounds completed
     server: Any
-    clients: dict[int, Any]  # the client store: only clients that have state
+    clients: MutableMapping[int, Any]  # the client store (runtime/store.py): only clients that have state
     ledger: Ledger
     rows: list[dict]
     density: list[list[float]] = field(default_factory=list)  # per round: kept fraction of each tensor
@@ -70,10 +71,29 @@ class Fleet(Protocol):
     def reply(self, round_: int, clients: list[int], data: bytes) -> None: ...
 
 
+PERMUTATION_LIMIT = 65536  # populations up to this draw a permutation, as every fedpress run before issue 21
+
+
 def sample_clients(cfg: Config, round_: int) -> tuple[int, ...]:
-    """Uniform without replacement, from the run seed (the same on resume)."""
-    perm = torch.randperm(cfg.data.num_clients, generator=derive(cfg.seed, "sample", round_))
-    return tuple(sorted(perm[: cfg.clients_per_round].tolist()))
+    """Uniform without replacement, from the run seed (the same on resume). Up to
+    PERMUTATION_LIMIT clients, the first k of a random permutation (O(N): the draws every
+    earlier result was made with); above it, Floyd's algorithm, O(k) whatever the population."""
+    n, k, rng = cfg.data.num_clients, cfg.clients_per_round, derive(cfg.seed, "sample", round_)
+    if n <= PERMUTATION_LIMIT:
+        return tuple(sorted(torch.randperm(n, generator=rng)[:k].tolist()))
+    return tuple(sorted(floyd_sample(n, k, rng)))
+
+
+def floyd_sample(n: int, k: int, rng: torch.Generator) -> set[int]:
+    """k distinct integers of [0, n), uniformly (Floyd's algorithm; Bentley & Floyd, CACM 1987):
+    for j = n−k .. n−1 draw t uniform in [0, j]; take t, or j if t is taken already."""
+    draws = torch.rand(k, generator=rng, dtype=torch.float64)  # (k,) one uniform per step, in one call
+    chosen: set[int] = set()
+    for i, j in enumerate(range(n - k, n)):
+        t = min(int(draws[i] * (j + 1)), j)
+        chosen.add(j if t in chosen else t)
+    return chosen
+
 
 
 def run_round(exp: Experiment, p: Progress, executor, t: int) -> dict:
@@ -190,15 +210,17 @@ def run(
     run_dir, p = RunDirectory.open(cfg, out, Progress, resume=resume, overwrite=overwrite, write=False)
     exp = setup(cfg)
     run_dir.commit(cfg, fresh=p is None)
-    p = p or fresh(exp)
+    p = p or fresh(exp, run_dir.client_store(cfg))
     with make_executor(exp) as executor:
         clients = InProcessClients(exp, p.clients, executor, p.replicas)
         return drive(exp, p, clients, run_dir, progress=progress, on_round_end=on_round_end)
 
 
-def fresh(exp: Experiment) -> Progress:
+def fresh(exp: Experiment, clients: MutableMapping[int, Any] | None = None) -> Progress:
+    """Round 0: the server's initial state, an empty client store (a dict unless given)."""
     ledger = Ledger(dense_frame_bytes(exp.model.layout))
-    p = Progress(0, exp.algorithm.init_server(exp.x0, exp.model.layout), {}, ledger, [])
+    p = Progress(0, exp.algorithm.init_server(exp.x0, exp.model.layout), {} if clients is None else clients, ledger,
+                 [])
     if exp.downlink is not None:
         p.hidden, p.replicas = downlink.start(exp.x0, exp.wire, exp.downlink.seeded), Replicas()
     return p
@@ -206,7 +228,9 @@ def fresh(exp: Experiment) -> Progress:
 
 def prepare(exp: Experiment, out: str | Path | None, resume: bool, overwrite: bool = False
             ) -> tuple[RunDirectory, Progress]:
-    """The run directory and where the run stands: a fresh start, or its checkpoint (--resume)."""
+    """The run directory and where the run stands: a fresh start, or its checkpoint (--resume).
+    For Flower's ServerApp, whose clients keep their own states (Context.state)."""
+    refuse_client_state(exp.config)
     run_dir, p = RunDirectory.open(exp.config, out, Progress, resume=resume, overwrite=overwrite)
     return run_dir, p or fresh(exp)
 
