@@ -12,6 +12,7 @@ from fedpress.errors import ConfigError
 from fedpress.local import FlatModel, LocalPlan, TrainSpec
 from fedpress.runtime import executor as executors
 from fedpress.runtime.executor import Job, Sequential, Threads
+from fedpress.runtime.vmap import CPU_CHUNK, Vectorized, plan_reason
 from fedpress.sim import asynchronous, run, setup
 from tests.sim.conftest import tiny_config
 from tests.sim.test_async import async_config
@@ -95,8 +96,25 @@ def test_auto_picks_threads_on_several_cores_and_sequential_on_one(synthetic, mo
     monkeypatch.setattr(executors, "cores", lambda: 2)
     with executors.make_executor(exp) as chosen:
         assert isinstance(chosen, Threads)
+        assert isinstance(chosen.vectorized, Vectorized) and chosen.vectorized.max_clients == CPU_CHUNK
     monkeypatch.setattr(executors, "cores", lambda: 1)
     assert type(executors.make_executor(exp)) is Sequential
+
+
+def test_auto_vmaps_a_batch_whose_plans_stack_and_threads_one_whose_plans_do_not(synthetic, monkeypatch):
+    monkeypatch.setattr(executors, "cores", lambda: 2)
+    exp = setup(tiny_config(executor="auto"))
+    ran = []
+    monkeypatch.setattr(Vectorized, "run", lambda self, model, jobs, spec: ran.append("vmap") or [])
+    monkeypatch.setattr(Threads, "run", lambda self, model, jobs, spec: ran.append("threads") or [])
+    x, y = exp.dataset.x_train[:8], exp.dataset.y_train[:8]
+    plain = Job(LocalPlan(exp.x0), x, y, torch.Generator())
+    unstackable = Job(LocalPlan(exp.x0, grad_at=lambda w: w), x, y, torch.Generator())  # a callable grad_at
+    assert plan_reason(unstackable) is not None
+    with executors.make_executor(exp) as auto:
+        auto.run(exp.model, [plain, plain], TrainSpec())
+        auto.run(exp.model, [plain, unstackable], TrainSpec())
+    assert ran == ["vmap", "threads"]
 
 
 def test_executor_and_workers_are_checked():
@@ -140,6 +158,7 @@ def test_auto_trains_a_single_client_with_the_process_threads(synthetic, monkeyp
     monkeypatch.setattr(executors, "train", lambda *a, **k: seen.append(torch.get_num_threads()) or "r")
     before = torch.get_num_threads()
     with executors.make_executor(exp) as auto:
+        auto.vectorized = None  # as for a model that does not stack: several clients go to threads
         job = Job(LocalPlan(exp.x0), exp.dataset.x_train[:8], exp.dataset.y_train[:8], torch.Generator())
         auto.run(exp.model, [job], TrainSpec())
         auto.run(exp.model, [job, job, job], TrainSpec())

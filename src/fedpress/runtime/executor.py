@@ -15,10 +15,12 @@ generator), every executor gives the sequential results; how exactly:
                  (plan, sample indices, generator state), a result as a LocalResult: bit for
                  bit the sequential run with one torch thread
     vmap         the clients at once with torch.func over stacked parameters
-                 (`runtime/vmap.py`): equal to sequential within a stated float tolerance
+                 (`runtime/vmap.py`; on a CPU in chunks of 10): equal to sequential within a
+                 stated float tolerance
     auto         vmap on a GPU when the model stacks; on several cores, a batch of several
-                 clients in threads and a single client (or a model that draws randomness)
-                 with the process's threads; on one core, sequential
+                 clients vmapped when model and plans stack, else in threads, and a single
+                 client (or a model that draws randomness) with the process's threads; on
+                 one core, sequential
 
 `make_executor(exp)` builds the config's (`executor`, `workers`); an executor is closed
 when its run ends (`close`, or `with`).
@@ -257,24 +259,35 @@ class Processes(Sequential):
 
 
 class Auto(Threads):
-    """Picks for the device and the model: `vmap` on a GPU when the model stacks; on a CPU
-    with more than one core, a batch of several clients in threads (one torch thread each)
-    and a single client, or a model that draws randomness, with the process's threads (so
-    never slower than sequential); on one core, `sequential`."""
+    """Picks for the device and the model: `vmap` on a GPU when the model stacks. On a CPU
+    with more than one core: a batch of several clients vmapped in chunks when the model and
+    every plan stack (1.6x sequential for LeNet-5, against 1.26x for threads: docs/results.md),
+    in threads (one torch thread each) when not; a single client, or a model that draws
+    randomness, with the process's threads (so never slower than sequential). On one core,
+    `sequential`."""
+
+    def __init__(self, workers: int = 0, vectorized=None):
+        super().__init__(workers)
+        self.vectorized = vectorized  # a Vectorized for models that stack; None: threads only
 
     @classmethod
     def of(cls, exp) -> Sequential:
         from fedpress.runtime.vmap import model_reason
 
-        if exp.device.type == "cuda" and model_reason(exp.model, exp.device) is None:
+        stacks = model_reason(exp.model, exp.device) is None
+        if exp.device.type == "cuda" and stacks:
             return Vectorized.of(exp)  # on a GPU, vectorizing small models keeps the device busy
         if (exp.config.workers or cores()) > 1:
-            return cls(exp.config.workers)
+            return cls(exp.config.workers, Vectorized.of(exp) if stacks else None)
         return Sequential.of(exp)
 
     def run(self, model: FlatModel, jobs: list[Job], spec: TrainSpec) -> list[LocalResult]:
+        from fedpress.runtime.vmap import plan_reason
+
         if len(jobs) < 2 or self.workers < 2 or draws_randomness(model.module, jobs[0].inputs[:2]):
             return Sequential.run(self, model, jobs, spec)
+        if self.vectorized is not None and not any(map(plan_reason, jobs)):
+            return self.vectorized.run(model, jobs, spec)
         return super().run(model, jobs, spec)
 
 
