@@ -13,7 +13,7 @@ the one before), and the ratio of the mean to the 100-client in-memory run of th
 measured in the same invocation.
 
     FEDPRESS_MIRROR=../shared/datasets .venv/bin/python benchmarks/bench_population.py \
-        [--rounds 50] [--dir /tmp/fedpress_population] [--only LABEL ...] [--json FILE]
+        [--rounds 50] [--threads 2] [--dir /tmp/fedpress_population] [--only LABEL ...] [--json FILE]
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def drop_page_cache(paths: list[Path]) -> None:
                 os.close(fd)
 
 
-def child(label: str, config: str, overrides: dict, rounds: int, directory: Path) -> dict:
+def child(label: str, config: str, overrides: dict, rounds: int, directory: Path, threads: int) -> dict:
     """One setup in this (fresh) process: fill the store, then the timed rounds."""
     import torch
 
@@ -75,7 +75,7 @@ def child(label: str, config: str, overrides: dict, rounds: int, directory: Path
     from fedpress.sim.clients import InProcessClients
     from fedpress.sim.rounds import Progress, drive, fresh, setup
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     sets = [f"{k}={json.dumps(v)}" for k, v in {**overrides, "rounds": rounds, "eval_every": rounds}.items()]
     cfg = load(ROOT / "configs" / "population" / config, sets)
     exp = setup(cfg)
@@ -128,12 +128,13 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("/tmp/fedpress_population"))
     parser.add_argument("--only", nargs="*", help="labels of the setups to run (their references run too)")
     parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of each setup's process")
     parser.add_argument("--keep", action="store_true", help="keep the run directories (24.7 GB each at 100k)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         label, config, overrides = json.loads(args.child)
-        print(json.dumps(child(label, config, overrides, args.rounds, args.dir)))
+        print(json.dumps(child(label, config, overrides, args.rounds, args.dir, args.threads)))
         return
 
     wanted = set(args.only or [s[0] for s in SETUPS])
@@ -145,7 +146,7 @@ def main() -> None:
         if label not in wanted:
             continue
         proc = subprocess.run([sys.executable, __file__, "--child", json.dumps([label, config, overrides]),
-                               "--rounds", str(args.rounds), "--dir", str(args.dir)],
+                               "--rounds", str(args.rounds), "--dir", str(args.dir), "--threads", str(args.threads)],
                               capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0:
             print(f"{label}: failed\n{proc.stderr[-3000:]}", flush=True)
@@ -153,7 +154,8 @@ def main() -> None:
         r = results[label] = json.loads(proc.stdout.strip().splitlines()[-1])
         ratio = r["mean_s"] / results[ref]["mean_s"] if ref in results else 1.0
         r["vs_reference"] = ratio
-        quality = r["final_accuracy"] if r["final_accuracy"] is not None else r["final_loss"]
+        accuracy = r["final_accuracy"]
+        quality = accuracy if accuracy is not None and accuracy == accuracy else r["final_loss"]  # NaN: no test split
         print(f"{label:<24} {r['population']:>9,} {r['state_bytes'] / 1e3:>9.1f} {r['fill_s']:>7.1f} "
               f"{r['disk_bytes'] / 1e9:>8.2f} {r['peak_rss_rounds'] / 2**20:>7.0f}MB {r['mean_s']:>8.3f} "
               f"{r['median_s']:>7.3f} {r['max_s']:>6.2f} {ratio:>6.2f}x {quality:>9.4f}", flush=True)
