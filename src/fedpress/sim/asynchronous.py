@@ -252,7 +252,8 @@ class Engine:
         received = synced if down is None else self.transport.send(down, p.round, DOWN, client).expand(exp.wire)
         if received is None:
             raise RuntimeError(f"{alg.name}: dispatch sent nothing, and the client holds no synced state")
-        state = p.clients[client] if client in p.clients else alg.init_client(exp.model.layout)
+        state = p.clients.get(client)  # one lookup (a disk store's is a query); None: never stored
+        state = alg.init_client(exp.model.layout) if state is None else state
         # trained with the other starts of this server version, before the first of them arrives
         self.pending.append(Turn(client, state, received, seq, p.round))
         finish = p.now + duration(self.acfg, cfg.seed, seq, float(self.speed[client]))

@@ -41,7 +41,8 @@ class InProcessClients:
         return out
 
     def state(self, client: int) -> Any:
-        return self.store[client] if client in self.store else self.exp.algorithm.init_client(self.exp.model.layout)
+        state = self.store.get(client)  # one lookup (a disk store's is a query); None: never stored
+        return self.exp.algorithm.init_client(self.exp.model.layout) if state is None else state
 
     def train(self, round_: int, downlinks: dict[int, bytes | Catchup | None]) -> dict[int, ClientReply]:
         received = self._decode(downlinks)
