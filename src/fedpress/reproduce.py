@@ -422,9 +422,13 @@ def reproduce(key: str, out: str | Path, *, quick: bool = False, seeds: int = 3,
     return write_page(paper, out, page, quick, time.perf_counter() - started)
 
 
+NOTES_MARK = "<!-- Below this line: written by hand, kept when `fedpress reproduce` rewrites the page. -->\n"
+
+
 def write_page(paper: Paper, out: Path, page: Path, quick: bool, seconds: float | None = None) -> Path:
     """The paper's page from the runs under `out` (whatever has finished); `seconds`: how
-    long the call that wrote it ran (None: not said)."""
+    long the call that wrote it ran (None: not said). Whatever the page holds below
+    NOTES_MARK (a discussion written by hand) is kept."""
     results = collect(out, paper.studies)
     verdicts = [(c, c.check(results, quick)) for c in paper.claims]
     figures = page.parent / "figures"
@@ -453,7 +457,13 @@ def write_page(paper: Paper, out: Path, page: Path, quick: bool, seconds: float 
         plot_compare(dirs, figure)
         lines += [f"![{study.name}](figures/{figure.name})", ""]
     page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text("\n".join(lines) + "\n")
+    notes = page.read_text().partition(NOTES_MARK)[2] if page.exists() else ""
+    if notes.strip():  # what people wrote below the mark stays when the runs' part is rewritten
+        lines += [NOTES_MARK.rstrip("\n")]
+        text = "\n".join(lines) + "\n" + notes.lstrip("\n")
+    else:
+        text = "\n".join(lines) + "\n"
+    page.write_text(text)
     return page
 
 

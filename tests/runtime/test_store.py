@@ -58,6 +58,15 @@ def test_a_narrowed_state_keeps_float32_tensors_to_the_stated_precision_and_noth
     assert len(pack(state, precision)) < 0.6 * len(pack(state))
 
 
+def test_fp16_states_saturate_instead_of_overflowing():
+    """A residual beyond fp16's range is kept at ±65504, finite: its client can still upload."""
+    from fedpress.runtime.store import FP16_MAX
+
+    state = ErrorFeedbackState(torch.tensor([7e4, -1e9, 3.0]), None)
+    back = unpack(pack(state, "fp16"))
+    assert back.residual.tolist() == [FP16_MAX, -FP16_MAX, 3.0]
+
+
 def test_packed_store_behaves_as_a_mapping_and_survives_a_checkpoint_round_trip(tmp_path):
     from fedpress import state as state_io
 
@@ -84,6 +93,9 @@ def test_disk_store_changes_are_durable_only_once_committed(tmp_path):
     store.close()
     reopened = DiskStore(path)
     assert same(reopened[1], a_state(1)) and 2 not in reopened and len(reopened) == 1
+    import numpy as np
+
+    assert np.int64(1) in reopened and torch.tensor(1) in reopened and "1" not in reopened  # as a dict
     assert reopened.read("checkpoint") == b"round 1" and reopened.read("final") is None
     reopened.forget("checkpoint")
     assert reopened.read("checkpoint") is None
@@ -155,6 +167,29 @@ def test_states_written_after_the_last_checkpoint_are_rolled_back_on_resume(tmp_
     with pytest.raises(Stop):
         run(cfg, tmp_path / "run", progress=False, on_round_end=stop)
     run(tiny_config(**TOPK), tmp_path / "reference", progress=False)
+    run(cfg, tmp_path / "run", resume=True, progress=False)
+    assert outputs(tmp_path / "run") == outputs(tmp_path / "reference")
+
+
+def test_a_disk_run_killed_after_its_final_commit_resumes_to_write_its_outputs(tmp_path, synthetic, monkeypatch):
+    """The final state is committed before the outputs are written: a run stopped in between
+    (here: the plot raises) resumes from that final state, not from the checkpoint before it,
+    and ends with the uninterrupted run's outputs."""
+    import fedpress.report
+
+    cfg = tiny_config(**TOPK, **{"client_state.store": "disk"})
+    run(tiny_config(**TOPK), tmp_path / "reference", progress=False)
+
+    def crash(path):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(fedpress.report, "plot_run", crash)
+        run(cfg, tmp_path / "run", progress=False)
+    db = sqlite3.connect(tmp_path / "run" / DATABASE)
+    records = dict(db.execute("SELECT name, data FROM progress").fetchall())
+    db.close()
+    assert records["checkpoint"] == records["final"]  # the older checkpoint is gone with the final commit
     run(cfg, tmp_path / "run", resume=True, progress=False)
     assert outputs(tmp_path / "run") == outputs(tmp_path / "reference")
 

@@ -52,6 +52,45 @@ def test_populations_above_the_limit_are_sampled_in_o_k_and_below_it_as_before()
                                                                derive(big.seed, "sample", 2))))
 
 
+def test_floyd_gives_every_subset_the_same_chance():
+    """All C(6, 3) = 20 subsets over 40,000 draws: a chi-square test with 19 degrees of freedom."""
+    from itertools import combinations
+
+    subsets = {frozenset(c): 0 for c in combinations(range(6), 3)}
+    trials = 40_000
+    for t in range(trials):
+        subsets[frozenset(floyd_sample(6, 3, derive(2, "floyd", t)))] += 1
+    expected = trials / len(subsets)
+    assert sum((n - expected) ** 2 / expected for n in subsets.values()) < 43.8  # 0.999 quantile
+
+
+class NoScans(dict):
+    """A client store that refuses to be scanned: a round may only look clients up."""
+
+    def __iter__(self):
+        raise AssertionError("a round iterated the whole client store")
+
+    def __len__(self):
+        raise AssertionError("a round took the size of the whole client store")
+
+    def keys(self):
+        raise AssertionError("a round listed the whole client store")
+
+    items = values = keys
+
+
+def test_a_round_touches_the_store_only_for_its_sampled_clients(synthetic):
+    from fedpress.runtime.executor import Sequential
+    from fedpress.sim import run_round
+    from fedpress.sim.rounds import fresh, setup
+
+    exp = setup(population_config(100_000, rounds=6))
+    p = fresh(exp, NoScans())
+    for t in range(6):
+        run_round(exp, p, Sequential(), t)
+    assert set(dict.keys(p.clients)) == {c for t in range(6) for c in sample_clients(exp.config, t)}
+
+
 def test_a_100000_client_run_on_disk_keeps_a_state_for_each_sampled_client_only(tmp_path, synthetic):
     cfg = population_config(100_000, **{"client_state.store": "disk"})
     run(cfg, tmp_path / "run", progress=False)

@@ -143,6 +143,7 @@ class RunDirectory:
         self.final = path / "final.pt"
         self.disk = disk  # the client states and the checkpoint records live in DATABASE
         self.store: DiskStore | None = None  # that database, once opened
+        self.client_state = None  # the config's [client_state] (`open` sets it)
         self.resumed: Any = None  # the progress `open` found to go on from
         # (rows, columns) of metrics.csv as this process last wrote it; None: not written yet
         self.metrics_written: tuple[int, list[str]] | None = None
@@ -159,6 +160,7 @@ class RunDirectory:
         changes nothing (a runtime that builds its experiment before it opens the directory)."""
         disk = cfg.client_state is not None and cfg.client_state.store == "disk"
         run = cls(Path(out) if out is not None else Path("runs") / cfg.name, disk)
+        run.client_state = cfg.client_state
         run.check_writable()
         progress = None
         if resume:
@@ -220,7 +222,8 @@ class RunDirectory:
             return self.load(self.checkpoint, kind)
         if not self.holds("final"):
             hint = " (the run stopped before its first checkpoint: rerun it with --overwrite)" if previous else ""
-            raise RunDirectoryError(f"--resume: nothing to resume in {self.path}: no checkpoint.pt{hint}")
+            where = f"no checkpoint record in {DATABASE}" if self.disk else "no checkpoint.pt"
+            raise RunDirectoryError(f"--resume: nothing to resume in {self.path}: {where}{hint}")
         before, now = tomllib.loads(previous), tomllib.loads(config_text)
         if {**before, "rounds": 0} != {**now, "rounds": 0}:
             raise ConfigError(f"--resume: {self.path} holds a finished run of a different config; "
@@ -258,8 +261,8 @@ class RunDirectory:
         """The run's client-state database, opened once (uncommitted changes of a killed run
         are rolled back as it opens)."""
         if self.store is None:
-            cs = tomllib.loads((self.path / "config.toml").read_text()).get("client_state", {})
-            self.store = DiskStore(self.path / DATABASE, cs.get("precision", "fp32"), cs.get("cache_mb", 64))
+            cs = self.client_state
+            self.store = DiskStore(self.path / DATABASE, cs.precision, cs.cache_mb)
         return self.store
 
     def close_store(self) -> None:

@@ -20,19 +20,20 @@ array read slower at 100,000 (page faults on a 12 GB mapping) and keep read page
 
 Durability. Between two checkpoints the store's changes stay in one open transaction;
 `commit(name, checkpoint)` writes the run's checkpoint record ("checkpoint", or "final" at
-the end, which removes the checkpoint) and commits both. A run killed at any moment, in a
+the end, which is the checkpoint too until the outputs are written) and commits both. A run killed at any moment, in a
 round or in a write, reopens the database at its last commit: the states and the
 checkpoint of the same round, which resume to the uninterrupted run's outputs bit for bit.
 
 Precision. `precision = "fp16"|"bf16"` stores every float32 tensor of a state in that type
 and gives it back as float32: a residual e is kept as fl16(e), so error feedback carries
 e − fl16(e) less than exact (|e − fl16(e)| ≤ 2⁻¹¹|e| for fp16 in its normal range, 2⁻⁸|e|
-for bf16; fp16 flushes |e| < 6e-8 to zero and saturates above 65504). It is a choice the
+for bf16; fp16 flushes |e| < 6e-8 to zero, and values beyond ±65504 are clamped to it). It is a choice the
 user makes explicitly; the default keeps states exact.
 """
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from fedpress.errors import CheckpointError, ConfigError
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _NARROWED = "__narrowed__"  # a float32 tensor stored in a narrower type: widened back when read
 DATABASE = "client_state.sqlite"  # in the run directory
+FP16_MAX = torch.finfo(torch.float16).max  # 65504
 PAGE_SIZE = 65536  # 64 KiB pages: a LeNet-5 state is a few pages, and the WAL checkpoints rarely
 
 
@@ -65,7 +67,11 @@ def unpack(data: bytes) -> Any:
 
 def _narrow(node: Any, dtype: torch.dtype) -> Any:
     if isinstance(node, torch.Tensor):
-        return {_NARROWED: node.to(dtype)} if node.dtype == torch.float32 else node
+        if node.dtype != torch.float32:
+            return node
+        if dtype == torch.float16:  # saturate: a residual beyond fp16's range stays finite (and its client usable)
+            node = node.clamp(-FP16_MAX, FP16_MAX)
+        return {_NARROWED: node.to(dtype)}
     if isinstance(node, list):
         return [_narrow(x, dtype) for x in node]
     if isinstance(node, dict):
@@ -137,7 +143,10 @@ class DiskStore(MutableMapping):
     # ------------------------------------------------------------ the mapping
 
     def __getitem__(self, client: int) -> Any:
-        row = self.db.execute("SELECT state FROM states WHERE client = ?", (int(client),)).fetchone()
+        try:
+            row = self.db.execute("SELECT state FROM states WHERE client = ?", (int(client),)).fetchone()
+        except sqlite3.DatabaseError as e:
+            raise CheckpointError(f"{self.path} is damaged (reading client {client}): {e}") from None
         if row is None:
             raise KeyError(client)
         try:
@@ -154,9 +163,11 @@ class DiskStore(MutableMapping):
             raise KeyError(client)
 
     def __contains__(self, client: object) -> bool:
-        if not isinstance(client, int):
+        try:
+            key = operator.index(client)  # numpy and torch integers too, as a dict would take them
+        except TypeError:
             return False
-        return self.db.execute("SELECT 1 FROM states WHERE client = ?", (client,)).fetchone() is not None
+        return self.db.execute("SELECT 1 FROM states WHERE client = ?", (key,)).fetchone() is not None
 
     def __iter__(self) -> Iterator[int]:
         return (row[0] for row in self.db.execute("SELECT client FROM states ORDER BY client").fetchall())
@@ -177,9 +188,12 @@ class DiskStore(MutableMapping):
 
     def commit(self, name: str | None = None, checkpoint: bytes | None = None) -> None:
         """Make every change since the last commit durable, with the checkpoint record `name`
-        ("checkpoint" or "final") in the same transaction."""
+        ("checkpoint" or "final") in the same transaction. "final" is the checkpoint too, until
+        the run's outputs are written (`forget`): a run killed in between resumes from the
+        final state and writes them, never from an older checkpoint onto newer states."""
         if name is not None:
-            self.db.execute("INSERT OR REPLACE INTO progress (name, data) VALUES (?, ?)", (name, checkpoint))
+            for record in ("checkpoint", "final") if name == "final" else (name,):
+                self.db.execute("INSERT OR REPLACE INTO progress (name, data) VALUES (?, ?)", (record, checkpoint))
         self.db.execute("COMMIT")
         self.db.execute("BEGIN")
 
@@ -190,7 +204,10 @@ class DiskStore(MutableMapping):
 
     def read(self, name: str) -> bytes | None:
         """The committed checkpoint record `name`, or None."""
-        row = self.db.execute("SELECT data FROM progress WHERE name = ?", (name,)).fetchone()
+        try:
+            row = self.db.execute("SELECT data FROM progress WHERE name = ?", (name,)).fetchone()
+        except sqlite3.DatabaseError as e:
+            raise CheckpointError(f"{self.path} is damaged (reading its {name} record): {e}") from None
         return None if row is None else bytes(row[0])
 
     def disk_bytes(self) -> int:

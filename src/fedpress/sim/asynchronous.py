@@ -412,17 +412,20 @@ def run(
     exp = setup(cfg)
     run_dir.commit(cfg, fresh=p is None)
     p = p or fresh(exp, run_dir.client_store(cfg))
-    with make_executor(exp) if executor is None else nullcontext(executor) as executor:  # a given one stays open
-        engine = Engine(exp, p, executor)
-        display = Display(cfg, p.round, progress, unit="step", postfix=steps_postfix)
-        while p.round < cfg.rounds:
-            row = engine.step()
-            if on_round_end is not None:  # before the checkpoint, as in rounds.drive
-                on_round_end(row)
-            display.update(p.rows)
-            run_dir.after_row(cfg, p, p.round)
-        display.close()
-    return conclude(exp, p, run_dir)
+    try:
+        with make_executor(exp) if executor is None else nullcontext(executor) as executor:  # a given one stays open
+            engine = Engine(exp, p, executor)
+            display = Display(cfg, p.round, progress, unit="step", postfix=steps_postfix)
+            while p.round < cfg.rounds:
+                row = engine.step()
+                if on_round_end is not None:  # before the checkpoint, as in rounds.drive
+                    on_round_end(row)
+                display.update(p.rows)
+                run_dir.after_row(cfg, p, p.round)
+            display.close()
+        return conclude(exp, p, run_dir)
+    finally:  # a disk store's uncommitted changes dropped, its lock released: a resume can open it
+        run_dir.close_store()
 
 
 def prepare(exp: Experiment, out: str | Path | None, resume: bool, overwrite: bool = False

@@ -211,9 +211,12 @@ def run(
     exp = setup(cfg)
     run_dir.commit(cfg, fresh=p is None)
     p = p or fresh(exp, run_dir.client_store(cfg))
-    with make_executor(exp) as executor:
-        clients = InProcessClients(exp, p.clients, executor, p.replicas)
-        return drive(exp, p, clients, run_dir, progress=progress, on_round_end=on_round_end)
+    try:
+        with make_executor(exp) as executor:
+            clients = InProcessClients(exp, p.clients, executor, p.replicas)
+            return drive(exp, p, clients, run_dir, progress=progress, on_round_end=on_round_end)
+    finally:  # a disk store's uncommitted changes dropped, its lock released: a resume can open it
+        run_dir.close_store()
 
 
 def fresh(exp: Experiment, clients: MutableMapping[int, Any] | None = None) -> Progress:
