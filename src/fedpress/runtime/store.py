@@ -20,9 +20,10 @@ array read slower at 100,000 (page faults on a 12 GB mapping) and keep read page
 
 Durability. Between two checkpoints the store's changes stay in one open transaction;
 `commit(name, checkpoint)` writes the run's checkpoint record ("checkpoint", or "final" at
-the end, which is the checkpoint too until the outputs are written) and commits both. A run killed at any moment, in a
-round or in a write, reopens the database at its last commit: the states and the
-checkpoint of the same round, which resume to the uninterrupted run's outputs bit for bit.
+the end, which is the checkpoint too until the outputs are written) and commits both. A run
+killed at any moment, in a round or in a write, reopens the database at its last commit:
+the states and the checkpoint of the same round, which resume to the uninterrupted run's
+outputs bit for bit.
 
 Precision. `precision = "fp16"|"bf16"` stores every float32 tensor of a state in that type
 and gives it back as float32: a residual e is kept as fl16(e), so error feedback carries
