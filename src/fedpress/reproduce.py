@@ -123,11 +123,12 @@ def ahead(results: Results, quick: bool, study: str, leader: str, others: Sequen
         why.append(f"{lead.count} seed{'s' * (lead.count != 1)}: the spread is not known well")
     if len(clear) == len(others):
         return Verdict(ours, REPRODUCED, "; ".join(why) or "ahead of each by more than the seeds' spread")
-    if behind and len(behind) == len(others):
-        return Verdict(ours, NOT_REPRODUCED, "; ".join([f"behind {', '.join(behind)}", *why]))
-    unclear = ", ".join(o for o in others if o not in clear)
-    return Verdict(ours, PARTLY, "; ".join([f"clearly ahead of {', '.join(clear) or 'none'}",
-                                            f"within the spread of or behind {unclear}", *why]))
+    within = [o for o in others if o not in clear and o not in behind]
+    said = [f"clearly ahead of {', '.join(clear)}"] if clear else []
+    said += [f"behind {', '.join(behind)} by more than the seeds' spread"] if behind else []
+    said += [f"within the seeds' spread of {', '.join(within)}"] if within else []
+    # ahead of none: the claim does not hold here, whatever the spread says of the rest
+    return Verdict(ours, PARTLY if clear else NOT_REPRODUCED, "; ".join([*said, *why]))
 
 
 # ---------------------------------------------------------------------------- FLARE
@@ -394,7 +395,23 @@ def sparsyfed() -> Paper:
                      ("algorithm.sparsity=0.95",), ("rounds=2", "eval_every=2", "clients_per_round=3"),
                      "a CPU-sized stand-in: Fashion-MNIST and LeNet-5 instead of CIFAR-10 and ResNet-18 "
                      "(configs/sparsyfed/cifar10_resnet18.toml needs a GPU), 60 rounds"),)
+    def less_than_dense(r: Results, q: bool) -> Verdict:
+        sparse, dense = (stat(r, "fashion_mnist_lenet5", a, "total_mb_to_target") for a in ("sparsyfed", "dense"))
+        if sparse is None or dense is None or not sparse.mean or dense.mean is None:
+            return Verdict("—", NOT_RUN, "fashion_mnist_lenet5 has not run, or sparsyfed never reached the target")
+        factor = dense.mean / sparse.mean
+        ours = (f"{factor:.1f}x fewer total MB to 70% than dense ({sparse.mean:,.2f} vs {dense.mean:,.2f}; "
+                f"sparsyfed reached 70% in {sparse.count} of {len(sparse.values)} seeds)")
+        if q:
+            return Verdict(ours, NOT_RUN, "a --quick run: a check of the code path, no verdict")
+        verdict = REPRODUCED if factor >= 19.29 / 2 else PARTLY if factor > 1 else NOT_REPRODUCED
+        return Verdict(ours, verdict, "to 70% test accuracy, about SparsyFed's final accuracy here; the paper: up to "
+                                      "19.29x to its accuracy")
+
     claims = (
+        Claim("Up to 19.29x less communication than dense training to its accuracy", "up to 19.29x", less_than_dense,
+              "the paper's setup (CIFAR-10, ResNet-18, a GPU) where dense training takes many more rounds to the "
+              "target than in 60 rounds of LeNet-5 on Fashion-MNIST"),
         Claim("At 95% sparsity, above Top-K, ZeroFL and FLASH (CIFAR-10, Dirichlet 0.1, ResNet-18)", "SparsyFed ahead",
               lambda r, q: ahead(r, q, "fashion_mnist_lenet5", "sparsyfed", ("topk_prune", "zerofl", "flash"), 60),
               "the paper's setup, CIFAR-10 with ResNet-18 (configs/sparsyfed/cifar10_resnet18.toml): a GPU"),
