@@ -50,3 +50,14 @@ def test_verdicts_follow_the_numbers():
     assert "80 of the paper's 1001 rounds" in reproduce.ahead(short, False, "s", "flare", ("ec",), 1001).why
     assert reproduce.ahead(results, True, "s", "flare", ("ec",), 1001).verdict == reproduce.NOT_RUN
     assert reproduce.ahead(results, False, "t", "flare", ("ec",), 1001).verdict == reproduce.NOT_RUN
+    # ahead of none, within the spread of one: the claim does not hold
+    level = reproduce.ahead(results, False, "s", "ef21", ("flare",), 1001)
+    assert level.verdict == reproduce.NOT_REPRODUCED and "within the seeds' spread of flare" in level.why
+
+
+def test_a_claim_short_of_reproduced_says_what_would_tell_more():
+    claim = reproduce.Claim("x", "y", lambda r, q: None, needed="more seeds")
+    for verdict, shown in [(reproduce.PARTLY, True), (reproduce.NOT_REPRODUCED, True), (reproduce.REPRODUCED, False),
+                           (reproduce.NOT_RUN, False)]:
+        why = reproduce._why(claim, reproduce.Verdict("ours", verdict, "because"))
+        assert why.startswith("because") and ("To know more: more seeds" in why) == shown
