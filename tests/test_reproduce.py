@@ -61,3 +61,13 @@ def test_a_claim_short_of_reproduced_says_what_would_tell_more():
                            (reproduce.NOT_RUN, False)]:
         why = reproduce._why(claim, reproduce.Verdict("ours", verdict, "because"))
         assert why.startswith("because") and ("To know more: more seeds" in why) == shown
+
+
+def test_a_rewritten_page_keeps_what_was_written_below_the_mark(tmp_path):
+    page = tmp_path / "fedcomloc.md"
+    page.write_text("an old table\n" + reproduce.NOTES_MARK + "\n## What we make of it\n\nhand-written\n")
+    for _ in range(2):
+        reproduce.write_page(reproduce.PAPERS["fedcomloc"](), tmp_path / "runs", page, False)
+    text = page.read_text()
+    assert "an old table" not in text and text.startswith("# Reproducing FedComLoc")
+    assert text.count(reproduce.NOTES_MARK) == 1 and text.endswith("## What we make of it\n\nhand-written\n")
