@@ -337,15 +337,15 @@ def qafel() -> Paper:
 # ---------------------------------------------------------------------------- FedComLoc
 
 
-def _fedcomloc_arm(label: str, variant: str) -> Arm:
+def _fedcomloc_arm(label: str, variant: str, *extra: str) -> Arm:
     return Arm(label, ("algorithm.name=fedcomloc", f"algorithm.variant={variant}", "algorithm.compressor=topk",
-                       "algorithm.ratio=0.1"))
+                       "algorithm.ratio=0.1", *extra))
 
 
 FEDCOMLOC_ARMS = (Arm("scaffnew"), _fedcomloc_arm("com_topk10", "com"), _fedcomloc_arm("global_topk10", "global"),
                   _fedcomloc_arm("local_topk10", "local"),
                   # Scaffnew's literal control-variate line, h_i += (p/γ)(x̄ − x̂_i): the default until issue 20
-                  Arm("com_topk10_literal_cv", (*_fedcomloc_arm("", "com").overrides, "algorithm.cv_ref=uncompressed")))
+                  _fedcomloc_arm("com_topk10_literal_cv", "com", "algorithm.cv_ref=uncompressed"))
 
 
 def fedcomloc() -> Paper:

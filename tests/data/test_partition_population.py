@@ -11,7 +11,13 @@ import torch
 
 from fedpress.config import from_dict
 from fedpress.data import Partition, iid_replacement, partition, plot_summary, summary
-from fedpress.data.partition import LDA_EPS, PARTITIONERS, _labels_array, as_generator, class_counts
+from fedpress.data.partition import (
+    PARTITIONERS,
+    _draw_without_replacement,
+    _labels_array,
+    as_generator,
+    class_counts,
+)
 from fedpress.extend import register_partitioner
 
 NUM_CLASSES = 10
@@ -62,15 +68,6 @@ def old_dirichlet(labels, num_clients, alpha, rng, min_size=1, max_retries=1000)
     raise AssertionError("the reference gave up")
 
 
-def _old_draw_without_replacement(p, m, left, gen):
-    counts = np.zeros_like(left)
-    while (need := m - int(counts.sum())) > 0:
-        room = left - counts
-        q = np.where(room > 0, p + LDA_EPS, 0.0)
-        counts += np.minimum(gen.multinomial(need, q / q.sum()), room)
-    return counts
-
-
 def old_lda_equal(labels, num_clients, alpha, rng):
     y = _labels_array(labels)
     gen = as_generator(rng)
@@ -81,7 +78,8 @@ def old_lda_equal(labels, num_clients, alpha, rng):
     size = y.size // num_clients
     groups = []
     for client in range(num_clients):
-        counts = _old_draw_without_replacement(proportions[client], size, left, gen)
+        counts = _draw_without_replacement(  # unchanged by the CSR change
+            proportions[client], size, left, gen)
         taken = [pool[k - n : k] for pool, k, n in zip(pools, left, counts, strict=True)]
         left -= counts
         groups.append(np.concatenate(taken))

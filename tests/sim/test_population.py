@@ -43,7 +43,7 @@ def test_floyd_is_uniform_over_the_population():
     assert chi2 < 43.8  # the 0.999 quantile of chi-square with 19 degrees of freedom
 
 
-def test_populations_above_the_limit_are_sampled_in_o_k_and_below_it_as_before():
+def test_populations_above_the_limit_are_sampled_by_floyd_and_below_it_by_the_permutation_as_before():
     small = tiny_config(**{"data.num_clients": PERMUTATION_LIMIT})
     perm = torch.randperm(PERMUTATION_LIMIT, generator=derive(small.seed, "sample", 2))
     assert sample_clients(small, 2) == tuple(sorted(perm[: small.clients_per_round].tolist()))

@@ -272,8 +272,6 @@ class Auto(Threads):
 
     @classmethod
     def of(cls, exp) -> Sequential:
-        from fedpress.runtime.vmap import model_reason
-
         stacks = model_reason(exp.model, exp.device) is None
         if exp.device.type == "cuda" and stacks:
             return Vectorized.of(exp)  # on a GPU, vectorizing small models keeps the device busy
@@ -282,8 +280,6 @@ class Auto(Threads):
         return Sequential.of(exp)
 
     def run(self, model: FlatModel, jobs: list[Job], spec: TrainSpec) -> list[LocalResult]:
-        from fedpress.runtime.vmap import plan_reason
-
         if len(jobs) < 2 or self.workers < 2 or draws_randomness(model.module, jobs[0].inputs[:2]):
             return Sequential.run(self, model, jobs, spec)
         if self.vectorized is not None and not any(map(plan_reason, jobs)):
@@ -291,7 +287,8 @@ class Auto(Threads):
         return super().run(model, jobs, spec)
 
 
-from fedpress.runtime.vmap import Vectorized  # noqa: E402  (it builds on Sequential, Job and notice above)
+# vmap builds on Sequential, Job and notice above: imported once they exist
+from fedpress.runtime.vmap import Vectorized, model_reason, plan_reason  # noqa: E402
 
 EXECUTORS: dict[str, type] = {"sequential": Sequential, "threads": Threads, "processes": Processes,
                               "vmap": Vectorized, "auto": Auto}

@@ -39,7 +39,7 @@ import torch
 
 from fedpress import state as state_io
 from fedpress.algorithms import Uplink
-from fedpress.config import Config, dumps
+from fedpress.config import ClientStateConfig, Config, dumps
 from fedpress.errors import CheckpointError, ConfigError, RunDirectoryError
 from fedpress.layout import Layout
 from fedpress.local import evaluate
@@ -137,13 +137,12 @@ class RunDirectory:
     clients' states (`runtime/store.py`): the states and the checkpoint always agree.
     """
 
-    def __init__(self, path: Path, disk: bool = False):
+    def __init__(self, path: Path, client_state: ClientStateConfig | None = None):
         self.path = path
         self.checkpoint = path / "checkpoint.pt"
         self.final = path / "final.pt"
-        self.disk = disk  # the client states and the checkpoint records live in DATABASE
-        self.store: DiskStore | None = None  # that database, once opened
-        self.client_state = None  # the config's [client_state] (`open` sets it)
+        self.client_state = client_state  # the config's [client_state]
+        self.store: DiskStore | None = None  # with store = "disk": its database, once opened
         self.resumed: Any = None  # the progress `open` found to go on from
         # (rows, columns) of metrics.csv as this process last wrote it; None: not written yet
         self.metrics_written: tuple[int, list[str]] | None = None
@@ -158,9 +157,7 @@ class RunDirectory:
         would be overwritten without `overwrite`, `resume` with nothing to resume, a
         checkpoint of another config or a damaged one. `write=False` checks all that and
         changes nothing (a runtime that builds its experiment before it opens the directory)."""
-        disk = cfg.client_state is not None and cfg.client_state.store == "disk"
-        run = cls(Path(out) if out is not None else Path("runs") / cfg.name, disk)
-        run.client_state = cfg.client_state
+        run = cls(Path(out) if out is not None else Path("runs") / cfg.name, cfg.client_state)
         run.check_writable()
         progress = None
         if resume:
@@ -211,7 +208,8 @@ class RunDirectory:
         the final state of a finished one when `cfg` asks for more rounds."""
         config = self.path / "config.toml"
         previous = config.read_text() if config.exists() else ""
-        if previous and tomllib.loads(previous).get("client_state") != tomllib.loads(config_text).get("client_state"):
+        before, now = tomllib.loads(previous), tomllib.loads(config_text)
+        if previous and before.get("client_state") != now.get("client_state"):
             # where the states are decides where the checkpoint is: look no further
             raise ConfigError(f"--resume: {self.path} holds a run of a different config (its [client_state] "
                               f"differs); use another --out or the same config")
@@ -224,7 +222,6 @@ class RunDirectory:
             hint = " (the run stopped before its first checkpoint: rerun it with --overwrite)" if previous else ""
             where = f"no checkpoint record in {DATABASE}" if self.disk else "no checkpoint.pt"
             raise RunDirectoryError(f"--resume: nothing to resume in {self.path}: {where}{hint}")
-        before, now = tomllib.loads(previous), tomllib.loads(config_text)
         if {**before, "rounds": 0} != {**now, "rounds": 0}:
             raise ConfigError(f"--resume: {self.path} holds a finished run of a different config; "
                               f"use another --out or the same config")
@@ -252,10 +249,7 @@ class RunDirectory:
         cs = cfg.client_state
         if cs is None:
             return {}
-        if cs.store == "disk":
-            self.store = DiskStore(self.path / DATABASE, cs.precision, cs.cache_mb)
-            return self.store
-        return memory_store(cs.precision)
+        return self.database() if cs.store == "disk" else memory_store(cs.precision)
 
     def database(self) -> DiskStore:
         """The run's client-state database, opened once (uncommitted changes of a killed run
@@ -264,6 +258,11 @@ class RunDirectory:
             cs = self.client_state
             self.store = DiskStore(self.path / DATABASE, cs.precision, cs.cache_mb)
         return self.store
+
+    @property
+    def disk(self) -> bool:
+        """Whether the client states and the checkpoint records live in DATABASE."""
+        return self.client_state is not None and self.client_state.store == "disk"
 
     def close_store(self) -> None:
         if self.store is not None:
@@ -281,18 +280,14 @@ class RunDirectory:
     def load(self, path: Path, kind: type) -> Any:
         """The progress in checkpoint.pt or final.pt (with a disk store: that record of the
         database, its client store the database)."""
-        if self.disk:
-            where = f"{self.path / DATABASE} ({path.stem} record)"
-            data = self.database().read(path.stem)
-            if data is None:
-                raise CheckpointError(f"{where} is missing")
-            progress = state_io.decode(data, where)["progress"]
-        else:
-            progress = state_io.load(path)["progress"]
-        if not isinstance(progress, kind):
-            raise CheckpointError(f"{path} holds a {type(progress).__name__}, not the {kind.__name__} of this engine")
-        if self.disk:
-            progress.clients = self.database()
+        if not self.disk:
+            return _of_kind(state_io.load(path)["progress"], kind, path)
+        where = f"{self.path / DATABASE} ({path.stem} record)"
+        data = self.database().read(path.stem)
+        if data is None:
+            raise CheckpointError(f"{where} is missing")
+        progress = _of_kind(state_io.decode(data, where)["progress"], kind, where)
+        progress.clients = self.database()
         return progress
 
     def save_checkpoint(self, progress: Any) -> None:
@@ -390,6 +385,12 @@ class RunDirectory:
                     "algorithm": cfg.algorithm.name, "dataset": cfg.data.dataset, "model": cfg.model.name,
                     "rounds": str(len(p.rows)), "config": dumps(cfg)}
         (self.path / "model.safetensors").write_bytes(canonical_header(save(tensors, metadata=metadata)))
+
+
+def _of_kind(progress: Any, kind: type, where: Any) -> Any:
+    if not isinstance(progress, kind):
+        raise CheckpointError(f"{where} holds a {type(progress).__name__}, not the {kind.__name__} of this engine")
+    return progress
 
 
 def canonical_header(data: bytes) -> bytes:

@@ -28,8 +28,8 @@ outputs bit for bit.
 Precision. `precision = "fp16"|"bf16"` stores every float32 tensor of a state in that type
 and gives it back as float32: a residual e is kept as fl16(e), so error feedback carries
 e − fl16(e) less than exact (|e − fl16(e)| ≤ 2⁻¹¹|e| for fp16 in its normal range, 2⁻⁸|e|
-for bf16; fp16 flushes |e| < 6e-8 to zero, and values beyond ±65504 are clamped to it). It is a choice the
-user makes explicitly; the default keeps states exact.
+for bf16; fp16 flushes |e| < 6e-8 to zero, and values beyond ±65504 are clamped to it). It
+is a choice the user makes explicitly; the default keeps states exact.
 """
 
 from __future__ import annotations
@@ -177,11 +177,6 @@ class DiskStore(MutableMapping):
         return self.db.execute("SELECT COUNT(*) FROM states").fetchone()[0]
 
     # ------------------------------------------------------------ commits
-
-    def put_many(self, states: dict[int, Any]) -> None:
-        """Several states in one statement (filling a store for a benchmark)."""
-        self.db.executemany("INSERT OR REPLACE INTO states (client, state) VALUES (?, ?)",
-                            [(int(c), pack(s, self.precision)) for c, s in states.items()])
 
     def put_packed(self, rows: list[tuple[int, bytes]]) -> None:
         """States already packed (`pack`), written as they are."""

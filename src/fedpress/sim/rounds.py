@@ -87,10 +87,10 @@ def sample_clients(cfg: Config, round_: int) -> tuple[int, ...]:
 def floyd_sample(n: int, k: int, rng: torch.Generator) -> set[int]:
     """k distinct integers of [0, n), uniformly (Floyd's algorithm; Bentley & Floyd, CACM 1987):
     for j = n−k .. n−1 draw t uniform in [0, j]; take t, or j if t is taken already."""
-    draws = torch.rand(k, generator=rng, dtype=torch.float64)  # (k,) one uniform per step, in one call
+    draws = torch.rand(k, generator=rng, dtype=torch.float64).tolist()  # one uniform per step, in one call
     chosen: set[int] = set()
-    for i, j in enumerate(range(n - k, n)):
-        t = min(int(draws[i] * (j + 1)), j)
+    for u, j in zip(draws, range(n - k, n), strict=True):
+        t = min(int(u * (j + 1)), j)
         chosen.add(j if t in chosen else t)
     return chosen
 
