@@ -71,3 +71,117 @@ def test_a_rewritten_page_keeps_what_was_written_below_the_mark(tmp_path):
     text = page.read_text()
     assert "an old table" not in text and text.startswith("# Reproducing FedComLoc")
     assert text.count(reproduce.NOTES_MARK) == 1 and text.endswith("## What we make of it\n\nhand-written\n")
+
+
+def _tiny_paper(monkeypatch):
+    """A two-arm paper on the FedComLoc MLP, 2 rounds a run: the record's code path at test size."""
+    arms = (reproduce.Arm("scaffnew"), reproduce._fedcomloc_arm("com_topk10", "com"))
+    study = reproduce.Study("s", "configs/fedcomloc/mnist_mlp.toml", arms, 0.5,
+                            ("rounds=2", "eval_every=2", "checkpoint_every=1"), None, "two rounds")
+    claim = reproduce.Claim("com within 4 points", "≈ −4", lambda r, q: reproduce.ahead(r, q, "s", "com_topk10",
+                                                                                         ("scaffnew",), 2))
+    paper = reproduce.Paper("tiny", "a tiny paper", "a test", (study,), (claim,))
+    monkeypatch.setitem(reproduce.PAPERS, "tiny", lambda: paper)
+    return paper
+
+
+def _engine_calls(monkeypatch, fail_on: str | None = None) -> list[str]:
+    """Count the runs the sweeps start (and fail the ones whose name is `fail_on`)."""
+    from fedpress import sweep
+
+    calls, real = [], sweep._engine
+
+    def engine(cfg):
+        def go(cfg, path, **kw):
+            calls.append(f"{cfg.name}/seed{cfg.seed}")
+            if cfg.name == fail_on:
+                raise RuntimeError("killed")
+            return real(cfg)(cfg, path, **kw)
+        return go
+    monkeypatch.setattr(sweep, "_engine", engine)
+    return calls
+
+
+def test_finished_runs_are_recorded_and_a_fresh_checkout_reruns_none_of_them(tmp_path, monkeypatch):
+    """The record (docs/reproductions/runs/PAPER) outlives the runs directory: a fresh
+    runs directory gets the recorded runs back, runs only the seeds the record lacks, and
+    the page built from the record is the same."""
+    pytest.importorskip("matplotlib")
+    _tiny_paper(monkeypatch)
+    record, page = tmp_path / "record", tmp_path / "docs" / "tiny.md"
+    calls = _engine_calls(monkeypatch)
+    reproduce.reproduce("tiny", tmp_path / "runs1", seeds=1, record=record, page=page, log=lambda _: None)
+    assert sorted(calls) == ["com_topk10/seed0", "scaffnew/seed0"]
+    for arm in ("scaffnew", "com_topk10"):
+        kept = record / "s" / arm / "base" / "seed0"
+        assert sorted(p.name for p in kept.iterdir()) == sorted(reproduce.RECORDED)  # no checkpoint, no model
+        for name in reproduce.RECORDED:
+            assert (kept / name).read_bytes() == (tmp_path / "runs1" / "s" / arm / "base" / "seed0" / name).read_bytes()
+    first = page.read_text()
+    assert "| 1 |" in first and "(1 seed)" in first
+
+    calls.clear()  # a fresh checkout: an empty runs directory, the record committed
+    reproduce.reproduce("tiny", tmp_path / "runs2", seeds=2, record=record, page=page, log=lambda _: None)
+    assert sorted(calls) == ["com_topk10/seed1", "scaffnew/seed1"]  # seed 0 of each came back from the record
+    assert (record / "s" / "scaffnew" / "base" / "seed1" / "summary.json").is_file()
+    assert "(2 seeds)" in page.read_text()
+
+    calls.clear()  # --page-only: the page from the record, nothing run
+    again = tmp_path / "again.md"
+    reproduce.reproduce("tiny", tmp_path / "runs3", record=record, page=again, run=False, log=lambda _: None)
+    assert calls == [] and not (tmp_path / "runs3").exists()
+    assert [ln for ln in again.read_text().splitlines() if "min" not in ln] == \
+        [ln for ln in page.read_text().splitlines() if "min" not in ln]
+
+
+def test_a_failed_arm_keeps_the_runs_recorded_before_it(tmp_path, monkeypatch):
+    _tiny_paper(monkeypatch)
+    _engine_calls(monkeypatch, fail_on="com_topk10")
+    record = tmp_path / "record"
+    with pytest.raises(RuntimeError, match="killed"):
+        reproduce.reproduce("tiny", tmp_path / "runs", seeds=1, record=record, page=tmp_path / "p.md",
+                            log=lambda _: None)
+    assert (record / "s" / "scaffnew" / "base" / "seed0" / "metrics.csv").is_file()
+    assert not (record / "s" / "com_topk10").exists()
+
+
+def test_a_recorded_run_of_another_config_is_refused_not_mixed_in(tmp_path, monkeypatch):
+    """A record made with other settings is put back, and the sweep refuses to count it as
+    this config's run: it names the directory and the keys that differ."""
+    from fedpress.errors import RunDirectoryError
+
+    paper = _tiny_paper(monkeypatch)
+    _engine_calls(monkeypatch)
+    record = tmp_path / "record"
+    reproduce.reproduce("tiny", tmp_path / "runs1", seeds=1, record=record, page=tmp_path / "p.md",
+                        log=lambda _: None)
+    study = paper.studies[0]
+    changed = reproduce.Study(study.name, study.config, study.arms, study.target, (*study.overrides, "train.lr=0.5"),
+                              None, study.scale)
+    monkeypatch.setitem(reproduce.PAPERS, "tiny", lambda: reproduce.Paper("tiny", "t", "t", (changed,), ()))
+    with pytest.raises(RunDirectoryError, match="another config"):
+        reproduce.reproduce("tiny", tmp_path / "runs2", seeds=1, record=record, page=tmp_path / "p.md",
+                            log=lambda _: None)
+
+
+def test_bytes_to_target_counts_a_seed_that_never_reached_it():
+    from fedpress.report import SeedStat
+
+    def group(mb, steps):
+        return {"uplink_mb_to_target": SeedStat(tuple(mb)), "rounds_to_target": SeedStat(tuple(steps))}
+
+    def check(qafel, fedbuff, quick=False):
+        results = {"c": {"qafel_4bit": group(*qafel), "fedbuff": group(*fedbuff)}}
+        return reproduce.fewer_bytes_to_target(results, quick, "c", "qafel_4bit", "fedbuff", 3.0, 8.0, 10)
+
+    fedbuff = ([50.0, 60.0, 70.0], [500.0, 600.0, 700.0])
+    five = check(([10.0, 12.0, 14.0], [520.0, 610.0, 720.0]), fedbuff)
+    assert five.verdict == reproduce.REPRODUCED and five.ours.startswith("5.0x") and "6,000 uploads" in five.ours
+    missed = check(([10.0, None, 14.0], [520.0, None, 720.0]), fedbuff)  # 5x where reached, but one seed never did
+    assert missed.verdict == reproduce.PARTLY and "2 of 3 seeds" in missed.ours and "not every seed" in missed.why
+    never = check(([None] * 3, [None] * 3), fedbuff)
+    assert never.verdict == reproduce.NOT_REPRODUCED and "qafel_4bit 0 of 3 seeds" in never.ours
+    assert check(([10.0] * 3, [500.0] * 3), fedbuff, quick=True).verdict == reproduce.NOT_RUN
+    assert check(([45.0] * 3, [500.0] * 3), fedbuff).verdict == reproduce.NOT_REPRODUCED  # 1.33x: below half of 3x
+    assert reproduce.fewer_bytes_to_target({}, False, "c", "qafel_4bit", "fedbuff", 3.0, 8.0, 10).verdict == \
+        reproduce.NOT_RUN

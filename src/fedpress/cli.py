@@ -4,7 +4,7 @@
                  [--engine sim|flower [--ray-address HOST:PORT]] [--tensorboard] [--quiet]
     fedpress compare DIR ... [--target-accuracy A] [--plot PATH]
     fedpress sweep CONFIG.toml --seeds 0,1,2 [--grid KEY=V1,V2 ...] [--set ...] --out DIR
-    fedpress reproduce PAPER [--quick] [--seeds N] [--studies A,B] [--out DIR]
+    fedpress reproduce PAPER [--quick] [--seeds N] [--studies A,B] [--out DIR] [--record DIR] [--page-only]
     fedpress datasets list | verify [NAME ...] | fetch NAME ...
     fedpress partition CONFIG.toml [--set ...] [--plot PATH]
     fedpress algorithms

@@ -11,12 +11,23 @@ verdict (reproduced / partly / not reproduced / not run) with the reason. Each a
 study is one sweep tree, OUT/<study>/<arm>/ (`fedpress.sweep`); a run that was stopped
 resumes, and the page is rewritten after every study, so it always shows what finished.
 `--quick` is a CI-sized run of the same code path: its page says it is no verdict.
+
+The runs directory (checkpoints, models) is a scratch space that a fresh checkout lacks; a
+paper's page is built from its *record*, docs/reproductions/runs/PAPER/, which keeps each
+finished run's config.toml, summary.json and metrics.csv in the repository (a few hundred
+KB a run). A run goes into the record when it finishes, and a recorded run is put back into
+an empty runs directory before the sweep plans, so that a reproduction spread over many
+sessions (or machines) neither loses nor repeats a finished run. `--page-only` rewrites the
+page from the record and runs nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import filecmp
+import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -298,6 +309,33 @@ QAFEL_MNIST = (Arm("fedbuff", ("algorithm.name=fedbuff",)), Arm("qafel_4bit"),
                Arm("qafel_8bit", ("algorithm.client_bits=8", "algorithm.server_bits=8")))
 
 
+def fewer_bytes_to_target(results: Results, quick: bool, study: str, arm: str, reference: str, low: float,
+                          high: float, uploads_per_step: int) -> Verdict:
+    """Whether `arm` reaches the study's target with `low`-`high` times fewer uplink bytes than
+    `reference`, and the uploads each took (server steps to the target x K). A seed that never
+    reaches the target counts against its arm, never silently left out."""
+    ours, ref = stat(results, study, arm, "uplink_mb_to_target"), stat(results, study, reference, "uplink_mb_to_target")
+    steps = {a: stat(results, study, a, "rounds_to_target") for a in (arm, reference)}
+    if ours is None or ref is None:
+        return Verdict("—", NOT_RUN, f"{study}: {arm} or {reference} has not run")
+    reached = {a: f"{s.count} of {len(s.values)} seeds" for a, s in ((arm, ours), (reference, ref))}
+    if ours.mean is None or ref.mean is None:
+        text = f"reached the target: {arm} {reached[arm]}, {reference} {reached[reference]}"
+        verdict = NOT_RUN if quick else NOT_REPRODUCED
+        return Verdict(text, verdict, "an arm never reached the target" if not quick else "a --quick run")
+    factor = ref.mean / ours.mean
+    uploads = "; ".join(f"{a} {uploads_per_step * s.mean:,.0f} uploads" for a, s in steps.items() if s.mean)
+    text = (f"{factor:.1f}x fewer uplink MB to the target ({ours.mean:,.2f} vs {ref.mean:,.2f}); {uploads}; "
+            f"reached: {arm} {reached[arm]}, {reference} {reached[reference]}")
+    if quick:
+        return Verdict(text, NOT_RUN, "a --quick run: a check of the code path, no verdict")
+    short = ours.count < len(ours.values) or ref.count < len(ref.values)
+    if factor >= low and not short:
+        return Verdict(text, REPRODUCED, f"the paper's range is {low:g}-{high:g}x")
+    why = f"the paper says {low:g}-{high:g}x" + ("; not every seed reached the target" if short else "")
+    return Verdict(text, PARTLY if factor >= low / 2 else NOT_REPRODUCED, why)
+
+
 def objective_tracks(results: Results, quick: bool, study: str) -> Verdict:
     """QAFeL's final training objective is within 10% of FedBuff's, Naive's is not."""
     vals = {a: stat(results, study, a, "final_objective") for a in ("qafel", "fedbuff", "naive")}
@@ -317,7 +355,10 @@ def qafel() -> Paper:
                      ("rounds=20", "eval_every=10", "checkpoint_every=10"),
                      "LIBSVM mushrooms, 100 clients, concurrency 100, K = 10, 10,000 server steps"),
                Study("mnist_simple_convnet", "configs/qafel/mnist_simple_convnet.toml", QAFEL_MNIST, 0.9, (), None,
-                     "MNIST, 1,000 power-law clients, concurrency 100, K = 10, 500 server steps"))
+                     "MNIST, 1,000 power-law clients, concurrency 100, K = 10, 500 server steps"),
+               Study("cifar10_simple_convnet_c100", "configs/qafel/cifar10_simple_convnet_c100.toml", QAFEL_MNIST,
+                     0.6, (), None, "the paper's CIFAR-10 setup (spec §5.4): 5,000 power-law clients, "
+                     "concurrency 100, K = 10, 12,500 server steps (25 epochs of 5,000 uploads)"))
     claims = (
         Claim("Logistic regression: QAFeL tracks FedBuff where direct (naive) quantization stalls", "tracks",
               lambda r, q: objective_tracks(r, q, "logreg_mushrooms"),
@@ -329,6 +370,10 @@ def qafel() -> Paper:
               lambda r, q: fewer_bytes(r, q, "mnist_simple_convnet", "qafel_4bit", "fedbuff", 5.0, 20.0,
                                        "total_mb", "total"),
               "how the paper counts the downlink (broadcast once, or per receiving client)"),
+        Claim("FedBuff's convergence with 3-8x fewer uploaded bytes: uploads and uplink MB to 60% test accuracy "
+              "(CIFAR-10, concurrency 100, 4-bit)", "3-8x", lambda r, q: fewer_bytes_to_target(
+                  r, q, "cifar10_simple_convnet_c100", "qafel_4bit", "fedbuff", 3.0, 8.0, uploads_per_step=10),
+              "the paper's quantizer (bucket size, norm) and how it counts a message's header"),
     )
     return Paper("qafel", "QAFeL: quantized asynchronous FL with a hidden state (spec §5)",
                  "the paper's abstract and summary, as quoted in issue 20", studies, claims)
@@ -433,22 +478,82 @@ def study_dirs(out: Path, study: Study) -> dict[str, Path]:
     return {arm.label: out / study.name / arm.label for arm in study.arms}
 
 
+RECORD_ROOT = Path("docs/reproductions/runs")
+RECORDED = ("config.toml", "summary.json", "metrics.csv")  # all a page reads of a run (report.compare_rows)
+
+
+def _finished_runs(root: Path, studies: Sequence[Study]) -> list[Path]:
+    """Every finished run under `root`, relative to it: <study>/<arm>/<combination>/seed<N>."""
+    runs = []
+    for study in studies:
+        for path in sorted((root / study.name).glob("*/*/seed*/summary.json")):
+            if path.parent.parent.parent.name in {arm.label for arm in study.arms}:
+                runs.append(path.parent.relative_to(root))
+    return runs
+
+
+def record_runs(out: Path, record: Path, studies: Sequence[Study]) -> list[Path]:
+    """Copy RECORDED of each finished run under `out` into `record` (same relative path).
+    A recorded run that differs from the finished one is replaced: the runs directory is
+    what was last run. Returns the runs newly recorded or replaced."""
+    changed = []
+    for run in _finished_runs(out, studies):
+        source, target = out / run, record / run
+        if all((target / f).is_file() and filecmp.cmp(source / f, target / f, shallow=False) for f in RECORDED):
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        for name in RECORDED:
+            tmp = target / f".{name}.tmp"
+            shutil.copyfile(source / name, tmp)
+            tmp.replace(target / name)  # a killed copy leaves no half file under the real name
+        changed.append(run)
+    return changed
+
+
+def restore_runs(record: Path, out: Path, studies: Sequence[Study]) -> list[Path]:
+    """Put each recorded run that `out` does not hold back into `out`, so that the sweep
+    finds it finished and does not run it again. A directory `out` already has (a run in
+    progress, or finished) is left alone. Returns the runs restored."""
+    restored = []
+    for run in _finished_runs(record, studies):
+        target = out / run
+        if (target / "config.toml").exists():
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.csv", "summary.json", "config.toml"):  # config.toml last: it makes the run "done"
+            shutil.copyfile(record / run / name, target / name)
+        restored.append(run)
+    return restored
+
+
 def collect(out: Path, studies: Sequence[Study]) -> dict[str, dict[str, dict[str, Any]]]:
     """The grouped results of every arm that has finished runs (seeds pooled)."""
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for study in studies:
         for label, path in study_dirs(out, study).items():
-            if path.is_dir() and any(path.glob("*/seed*/summary.json")):
-                (group,) = group_rows([path], study.target)
+            runs = arm_runs(path)
+            if runs:
+                (group,) = group_rows(runs, study.target)
                 results.setdefault(study.name, {})[label] = group
     return results
 
 
+def arm_runs(arm: Path) -> list[Path]:
+    """The finished runs of one arm's sweep tree, by combination then seed number (a record
+    keeps no sweep.json: it may hold more or fewer seeds than the sweep last planned)."""
+    def order(run: Path) -> tuple[str, int]:
+        return run.parent.name, int(run.name.removeprefix("seed"))
+    return sorted((p.parent for p in arm.glob("*/seed*/summary.json") if p.parent.name[4:].isdigit()), key=order)
+
+
 def reproduce(key: str, out: str | Path, *, quick: bool = False, seeds: int = 3, studies: Sequence[str] = (),
-              page: str | Path | None = None, log: Callable[[str], None] = print) -> Path:
-    """Run the paper's studies (or the named ones; --quick: the quick one) into `out`, then
-    write its page (default: docs/reproductions/KEY.md, or OUT/KEY.md for --quick).
-    Returns the page's path."""
+              page: str | Path | None = None, record: str | Path | None = None, run: bool = True,
+              log: Callable[[str], None] = print) -> Path:
+    """Run the paper's studies (or the named ones; --quick: the quick one) into `out`, record
+    each finished run in `record` (default: docs/reproductions/runs/KEY; a --quick run is
+    not recorded: its runs directory is its record), then write its page from the record
+    (default: docs/reproductions/KEY.md, or OUT/KEY.md for --quick). `run=False`: record
+    what has finished in `out` and write the page, run nothing. Returns the page's path."""
     if key not in PAPERS:
         raise ValueError(f"no paper {key!r}; papers: {', '.join(PAPERS)}")
     paper, out = PAPERS[key](), Path(out)
@@ -460,30 +565,41 @@ def reproduce(key: str, out: str | Path, *, quick: bool = False, seeds: int = 3,
     if page is None:  # a --quick page is no result: it stays beside its runs
         page = out / f"{key}.md" if quick else Path("docs/reproductions") / f"{key}.md"
     page = Path(page)
+    record = out if quick else Path(record) if record is not None else RECORD_ROOT / key
+    if not run:  # what finished in `out` is recorded first: a stopped call's runs reach the page
+        if record != out:
+            record_runs(out, record, chosen)
+        return write_page(paper, record, page, quick)
     started = time.perf_counter()
+    if record != out:
+        restored = restore_runs(record, out, chosen)
+        if restored:
+            log(f"{len(restored)} recorded run{'s' * (len(restored) != 1)} put back into {out} from {record}")
     for study in chosen:
         for arm in study.arms:
             overrides = [f"name={arm.label}", *study.overrides, *arm.overrides,
                          *((study.quick or ()) if quick else ())]
             run_sweep(study.config, out / study.name / arm.label, seeds=list(range(1 if quick else seeds)),
                       overrides=overrides, log=log)
-        write_page(paper, out, page, quick, time.perf_counter() - started)
-    return write_page(paper, out, page, quick, time.perf_counter() - started)
+            if record != out:
+                record_runs(out, record, [study])  # after every arm: a later failure loses no finished run
+        write_page(paper, record, page, quick, time.perf_counter() - started)
+    return write_page(paper, record, page, quick, time.perf_counter() - started)
 
 
 NOTES_MARK = "<!-- Below this line: written by hand, kept when `fedpress reproduce` rewrites the page. -->\n"
 
 
 def write_page(paper: Paper, out: Path, page: Path, quick: bool, seconds: float | None = None) -> Path:
-    """The paper's page from the runs under `out` (whatever has finished); `seconds`: how
-    long the call that wrote it ran (None: not said). Whatever the page holds below
-    NOTES_MARK (a discussion written by hand) is kept."""
+    """The paper's page from the runs under `out` (its record, or a --quick run's directory:
+    whatever has finished); `seconds`: how long the call that wrote it ran (None: not
+    said). Whatever the page holds below NOTES_MARK (a discussion written by hand) is kept."""
     results = collect(out, paper.studies)
     verdicts = [(c, c.check(results, quick)) for c in paper.claims]
     figures = page.parent / "figures"
     lines = [f"# Reproducing {paper.title}", "",
              f"Claims from {paper.source}. Command: `fedpress reproduce {paper.key}"
-             f"{' --quick' if quick else ''} --out {out}`"
+             + (f" --quick --out {out}`" if quick else f"` (the runs' record: `{out}`)")
              + (f"; this call took {seconds / 60:.1f} min" if seconds is not None else "")
              + f". The finished runs took {_run_minutes(out, paper.studies):.1f} min of wall time in all "
              f"(their summaries); a study not run yet says so.", ""]
@@ -498,7 +614,7 @@ def write_page(paper: Paper, out: Path, page: Path, quick: bool, seconds: float 
         if not arms:
             lines += ["Not run yet.", ""]
             continue
-        dirs = [study_dirs(out, study)[label] for label in arms]
+        dirs = [run for label in arms for run in arm_runs(study_dirs(out, study)[label])]
         missing = [arm.label for arm in study.arms if arm.label not in arms]
         lines += [study.scale + "." + (f" Not run yet: {', '.join(missing)}." if missing else ""), "",
                   group_markdown_table([arms[label] for label in arms]), ""]
@@ -524,8 +640,6 @@ def _why(claim: Claim, verdict: Verdict) -> str:
 
 
 def _run_minutes(out: Path, studies: Sequence[Study]) -> float:
-    import json
-
     total = 0.0
     for study in studies:
         for path in (out / study.name).glob("*/*/seed*/summary.json"):
@@ -540,11 +654,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--studies", default="", help="comma-separated study names (default: all, in order)")
     parser.add_argument("--out", default=None, help="runs directory (default runs/reproduce/PAPER)")
     parser.add_argument("--page", default=None, help="the page to write (default docs/reproductions/PAPER.md)")
+    parser.add_argument("--record", default=None,
+                        help="where finished runs are kept for the page (default docs/reproductions/runs/PAPER)")
+    parser.add_argument("--page-only", action="store_true",
+                        help="record what has finished in --out, write the page from the record, run nothing")
 
 
 def main(args: argparse.Namespace) -> int:
     out = args.out or f"runs/reproduce/{args.paper}"
     studies = [s for s in args.studies.split(",") if s]
-    page = reproduce(args.paper, out, quick=args.quick, seeds=args.seeds, studies=studies, page=args.page)
+    page = reproduce(args.paper, out, quick=args.quick, seeds=args.seeds, studies=studies, page=args.page,
+                     record=args.record, run=not args.page_only)
     print(f"page: {page}")
     return 0
