@@ -185,3 +185,22 @@ def test_bytes_to_target_counts_a_seed_that_never_reached_it():
     assert check(([45.0] * 3, [500.0] * 3), fedbuff).verdict == reproduce.NOT_REPRODUCED  # 1.33x: below half of 3x
     assert reproduce.fewer_bytes_to_target({}, False, "c", "qafel_4bit", "fedbuff", 3.0, 8.0, 10).verdict == \
         reproduce.NOT_RUN
+
+
+def test_both_ways_counts_a_broadcast_once_as_the_qafel_authors_do():
+    from fedpress.report import SeedStat
+
+    def group(up, down, once):
+        return {"uplink_mb": SeedStat((up,) * 3), "total_mb": SeedStat((up + down,) * 3),
+                "downlink_mb": SeedStat((down,) * 3), "downlink_broadcast_mb": SeedStat((once,) * 3)}
+
+    # per receiving client 2.5x (as measured on MNIST), with the broadcast counted once 10x
+    results = {"m": {"qafel_4bit": group(80.0, 420.0, 45.0), "fedbuff": group(620.0, 630.0, 630.0)}}
+    v = reproduce.both_ways(results, False, "m", "qafel_4bit", "fedbuff", 5.0, 20.0)
+    assert v.verdict == reproduce.REPRODUCED and v.ours.startswith("10.0x") and "2.5x fewer total MB" in v.ours
+    assert "per receiving client it is partly" in v.why  # 2.5x: half the low end
+    results["m"]["qafel_4bit"] = group(80.0, 520.0, 520.0)  # no frame shared: both views agree, 2.1x
+    assert reproduce.both_ways(results, False, "m", "qafel_4bit", "fedbuff", 5.0, 20.0).verdict == \
+        reproduce.NOT_REPRODUCED
+    assert reproduce.both_ways(results, True, "m", "qafel_4bit", "fedbuff", 5.0, 20.0).verdict == reproduce.NOT_RUN
+    assert reproduce.both_ways({}, False, "m", "qafel_4bit", "fedbuff", 5.0, 20.0).verdict == reproduce.NOT_RUN

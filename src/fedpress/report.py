@@ -581,6 +581,7 @@ GROUP_STATS = (
     "uplink_mb",
     "downlink_mb",
     "total_mb",
+    "downlink_broadcast_mb",
     "initial_downlink_mb",
     "uplink_mb_to_target",
     "downlink_mb_to_target",
