@@ -204,3 +204,32 @@ def test_both_ways_counts_a_broadcast_once_as_the_qafel_authors_do():
         reproduce.NOT_REPRODUCED
     assert reproduce.both_ways(results, True, "m", "qafel_4bit", "fedbuff", 5.0, 20.0).verdict == reproduce.NOT_RUN
     assert reproduce.both_ways({}, False, "m", "qafel_4bit", "fedbuff", 5.0, 20.0).verdict == reproduce.NOT_RUN
+
+
+def test_sparsity_held_reads_the_global_density_of_the_second_half(tmp_path):
+    from fedpress.report import SeedStat
+
+    def arm(name, densities_per_seed):
+        dirs = []
+        for seed, densities in enumerate(densities_per_seed):
+            run = tmp_path / name / f"seed{seed}"
+            run.mkdir(parents=True)
+            rows = "".join(f"{r + 1},{d}\n" for r, d in enumerate(densities))
+            (run / "metrics.csv").write_text("round,global_density\n" + rows)
+            dirs.append(str(run))
+        return {"run_dirs": dirs, "final_accuracy": SeedStat((0.7,) * len(dirs))}
+
+    # first half ignored: a dense warm-up does not count against what training settles to
+    sparse = arm("sparsyfed", [[1.0, 1.0, 0.06, 0.06], [1.0, 1.0, 0.04, 0.04]])
+    regrow = arm("topk_prune", [[0.05, 0.1, 0.3, 0.4], [0.05, 0.1, 0.3, 0.4]])
+    level = arm("zerofl", [[0.05, 0.05, 0.05, 0.05], [0.06, 0.06, 0.04, 0.06]])
+    stat = reproduce.global_sparsity({"s": {"sparsyfed": sparse}}, "s", "sparsyfed")
+    assert stat.values == pytest.approx((0.94, 0.96))
+    results = {"s": {"sparsyfed": sparse, "topk_prune": regrow, "zerofl": level}}
+    v = reproduce.sparsity_held(results, False, "s", "sparsyfed", ("topk_prune",), 0.85)
+    assert v.verdict == reproduce.REPRODUCED and "95.00 ± 1.41% (2 seeds)" in v.ours
+    v = reproduce.sparsity_held(results, False, "s", "sparsyfed", ("topk_prune", "zerofl"), 0.85)
+    assert v.verdict == reproduce.PARTLY and "zerofl do not regrow" in v.why
+    assert reproduce.sparsity_held(results, False, "s", "sparsyfed", ("topk_prune",), 0.97).verdict == \
+        reproduce.PARTLY  # regrowth seen, but 95% is short of the bar
+    assert reproduce.sparsity_held(results, False, "s", "sparsyfed", ("ef",), 0.85).verdict == reproduce.NOT_RUN
