@@ -233,3 +233,33 @@ def test_sparsity_held_reads_the_global_density_of_the_second_half(tmp_path):
     assert reproduce.sparsity_held(results, False, "s", "sparsyfed", ("topk_prune",), 0.97).verdict == \
         reproduce.PARTLY  # regrowth seen, but 95% is short of the bar
     assert reproduce.sparsity_held(results, False, "s", "sparsyfed", ("ef",), 0.85).verdict == reproduce.NOT_RUN
+
+
+@pytest.mark.parametrize("key", sorted(reproduce.PAPERS))
+def test_every_arm_of_every_study_is_a_valid_config(key, tmp_path):
+    """Each arm's overrides on its study's config pass the config checks (a dry-run sweep
+    plans and checks every run without running one), GPU studies included."""
+    from fedpress.sweep import run_sweep
+
+    for study in reproduce.PAPERS[key]().studies:
+        for arm in study.arms:
+            overrides = [f"name={arm.label}", *study.overrides, *arm.overrides]
+            result = run_sweep(study.config, tmp_path / study.name / arm.label, seeds=[0, 1, 2], overrides=overrides,
+                               dry_run=True, log=lambda _: None)
+            assert len(result.runs) == 3
+
+
+def test_a_gpu_study_is_skipped_without_a_gpu_and_its_page_says_so(tmp_path, monkeypatch):
+    paper = _tiny_paper(monkeypatch)
+    (study,) = paper.studies
+    gpu = reproduce.Study("on_gpu", study.config, study.arms, study.target, (*study.overrides, "device=cuda"), None,
+                          "a GPU study", needs_gpu=True)
+    monkeypatch.setitem(reproduce.PAPERS, "tiny", lambda: reproduce.Paper("tiny", "t", "t", (study, gpu), ()))
+    monkeypatch.setattr(reproduce, "_has_gpu", lambda: False)
+    calls, logged = _engine_calls(monkeypatch), []
+    page = reproduce.reproduce("tiny", tmp_path / "runs", seeds=1, record=tmp_path / "record",
+                               page=tmp_path / "tiny.md", log=logged.append)
+    assert sorted(calls) == ["com_topk10/seed0", "scaffnew/seed0"]  # the CPU study only
+    assert "on_gpu: skipped, it needs a GPU (torch sees no CUDA device)" in logged
+    assert not (tmp_path / "runs" / "on_gpu").exists()
+    assert "## on_gpu" in page.read_text() and "Not run yet: it needs a GPU" in page.read_text()
